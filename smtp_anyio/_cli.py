@@ -1,0 +1,251 @@
+"""The ``smtpmux`` command line: ``serve`` (zero configuration works), ``send``, ``hash-password``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import ssl
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import anyio
+
+from smtp_core import LoginMechanism, PlainMechanism, Policy, Router, ServerConfig
+from smtp_sync import Server as SyncServer
+from smtp_sync._auth_file import AuthFilePolicy, hash_password, load_auth_file
+from smtp_sync.handlers import Discard, EmlDirectory, Maildir, Printer
+
+from ._server import Server
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One clear line and exit code 2, not a usage dump."""
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+class UsageError(Exception):
+    """A bad option value: reported as one line, exit code 2."""
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return (host.strip("[]") or "127.0.0.1", int(port))
+
+
+def _size(text: str) -> int:
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    number, unit = (text[:-1], text[-1].lower()) if text[-1:].lower() in units else (text, "")
+    if not number.isdigit() or int(number) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size like 10485760, 10M or 512K, got {text!r}")
+    return int(number) * units.get(unit, 1)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="smtpmux", description="SMTP server and client toolkit")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    serve = commands.add_parser("serve", help="run an SMTP server (default: 127.0.0.1:8025 -> ./mail)")
+    serve.add_argument("--listen", action="append", type=_host_port, metavar="HOST:PORT",
+                       help="plain SMTP listener with STARTTLS when a certificate is given "
+                       "(repeatable; default 127.0.0.1:8025)")
+    serve.add_argument("--tls-listen", action="append", type=_host_port, default=[],
+                       metavar="HOST:PORT", help="implicit-TLS listener, RFC 8314 (repeatable)")
+    serve.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain")
+    serve.add_argument("--tls-key", metavar="FILE", help="PEM private key (default: in --tls-cert)")
+    store = serve.add_mutually_exclusive_group()
+    store.add_argument("--maildir", metavar="DIR", help="deliver into this Maildir (default ./mail)")
+    store.add_argument("--eml-dir", metavar="DIR", help="write each message to DIR/<id>.eml")
+    store.add_argument("--discard", action="store_true", help="accept and discard every message")
+    serve.add_argument("--auth-file", metavar="FILE",
+                       help="enable AUTH PLAIN/LOGIN for the user:password lines of FILE")
+    serve.add_argument("--auth-require-tls", action="store_true",
+                       help="offer AUTH only inside TLS (always so when a certificate is given)")
+    serve.add_argument("--relay-domain", action="append", default=[], metavar="DOMAIN",
+                       help="unauthenticated clients may send only to these domains (repeatable)")
+    serve.add_argument("--max-message-size", type=_size, default=32 * 1024**2, metavar="SIZE",
+                       help="largest message accepted, e.g. 10M (default 32M)")
+    serve.add_argument("--max-recipients", type=_positive_int, default=100, metavar="N",
+                       help="recipients per message (default 100)")
+    serve.add_argument("--hostname", default="localhost", help="our name in the greeting and trace")
+    serve.add_argument("--backend", choices=("asyncio", "trio", "sync"), default="asyncio",
+                       help="event loop or blocking threads (default asyncio; uvloop when installed)")
+    serve.add_argument("--lmtp", action="store_true", help="speak LMTP (RFC 2033) instead of SMTP")
+    serve.add_argument("--proxy-protocol", action="append", default=[], metavar="ADDRESS",
+                       help="accept a PROXY v1/v2 header from this peer address (repeatable)")
+    serve.add_argument("--timeout", type=_seconds, default=300.0, metavar="SECONDS",
+                       help="idle timeout waiting for a command (default 300)")
+    serve.add_argument("--debug", action="store_true",
+                       help="log the protocol trace (AUTH secrets redacted) and print messages")
+    hashing = commands.add_parser("hash-password", help="print a salted hash for --auth-file")
+    hashing.add_argument("password", nargs="?", help="the password (default: read from stdin)")
+    return parser
+
+
+def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not args.tls_cert:
+        if args.tls_key or args.tls_listen:
+            raise UsageError("--tls-key and --tls-listen need --tls-cert")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot load TLS certificate {args.tls_cert}: {exc}") from None
+    return context
+
+
+def _handler(args: argparse.Namespace) -> Any:
+    try:
+        if args.discard:
+            return Discard()
+        if args.eml_dir:
+            return EmlDirectory(args.eml_dir)
+        return Maildir(args.maildir or "mail")
+    except OSError as exc:
+        raise UsageError(f"cannot use the mail store: {exc}") from None
+
+
+def _servers(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The keyword arguments of each listener's Server."""
+    context = _ssl_context(args)
+    if args.auth_require_tls and args.auth_file and context is None:
+        raise UsageError("--auth-require-tls needs --tls-cert")
+    mechanisms = (PlainMechanism, LoginMechanism) if args.auth_file else ()
+    config = ServerConfig(
+        hostname=args.hostname,
+        lmtp=args.lmtp,
+        max_message_size=args.max_message_size,
+        auth_mechanisms=mechanisms,
+        auth_require_tls=context is not None or args.auth_require_tls,
+        command_timeout=args.timeout,
+    )
+    limits: dict[str, Any] = {
+        "max_recipients": args.max_recipients,
+        "relay_domains": frozenset(d.lower().rstrip(".") for d in args.relay_domain) or None,
+    }
+    if args.auth_file:
+        try:
+            policy: Policy = AuthFilePolicy(load_auth_file(args.auth_file), **limits)
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read --auth-file: {exc}") from None
+    else:
+        policy = Policy(**limits)
+    router: Router[Any] = Router()
+    handler = _handler(args)
+    router.add("*@*", _debugging(handler) if args.debug else handler)
+    common = {"router": router, "config": config, "policy": policy,
+              "proxy_protocol_from": frozenset(args.proxy_protocol)}
+    plain = args.listen or ([] if args.tls_listen else [("127.0.0.1", 8025)])
+    servers = [{**common, "host": h, "port": p, "ssl_context": context} for h, p in plain]
+    servers += [{**common, "host": h, "port": p, "ssl_context": context, "implicit_tls": True}
+                for h, p in args.tls_listen]
+    return servers
+
+
+def _debugging(handler: Any) -> Any:
+    printer = Printer(sys.stderr)
+
+    def deliver(envelope: Any) -> None:
+        printer(envelope)
+        handler(envelope)
+
+    return deliver
+
+
+async def _serve_anyio(servers: list[dict[str, Any]]) -> None:
+    async with contextlib.AsyncExitStack() as stack:  # leaving it stops every server gracefully
+        for options in servers:
+            server = await stack.enter_async_context(Server(**options))
+            _announce(server.host, server.port, server.implicit_tls)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                print("smtpmux: stopping", file=sys.stderr, flush=True)
+                break
+
+
+def _announce(host: str, port: int, implicit_tls: bool) -> None:
+    tls = " (implicit TLS)" if implicit_tls else ""
+    print(f"smtpmux: listening on {host}:{port}{tls}", file=sys.stderr, flush=True)
+
+
+def _serve_sync(servers: list[dict[str, Any]]) -> None:
+    running = [SyncServer(**options) for options in servers]
+    for server in running:
+        server.bind()
+        _announce(server.host, server.port, server.implicit_tls)
+    done = threading.Event()
+
+    def stop(signum: int, frame: object) -> None:
+        print("smtpmux: stopping", file=sys.stderr, flush=True)
+        threading.Thread(target=lambda: ([s.stop() for s in running], done.set())).start()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in running]
+    for thread in threads:
+        thread.start()
+    while not done.wait(0.5):
+        pass
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr,
+    )
+    try:
+        servers = _servers(args)
+        if args.backend == "sync":
+            _serve_sync(servers)
+        else:
+            options: dict[str, Any] = {}
+            if args.backend == "asyncio":
+                try:
+                    import uvloop  # noqa: F401
+                except ImportError:
+                    pass
+                else:
+                    options = {"use_uvloop": True}
+            anyio.run(_serve_anyio, servers, backend=args.backend, backend_options=options)
+    except UsageError as exc:
+        print(f"smtpmux: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. the port is taken
+        print(f"smtpmux: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "hash-password":
+        password = args.password if args.password is not None else sys.stdin.readline().rstrip("\n")
+        print(hash_password(password))
+        return 0
+    return 2

@@ -1,0 +1,891 @@
+"""The client role engine: commands in, bytes out; server bytes in, replies out (sans-IO).
+
+``ClientConnection`` writes every command as bytes for the caller to send, checks that the
+command fits the protocol state and what the server offered, and turns the server's bytes into
+``Response`` events that say which command each reply answers. It never touches a socket.
+
+Rules the engine keeps (the state moves only in ``_ON_REPLY``, below):
+
+Rule 1: a command is written only when it fits the state the connection will be in once every
+command already written has succeeded (``_ALLOWED``). Without PIPELINING nothing is written while
+a reply is outstanding; with it, nothing is written after a command that ends a group (RFC 2920
+§3.1: EHLO, HELO, LHLO, DATA, VRFY, NOOP, QUIT, STARTTLS, AUTH, and the greeting).
+Rule 2: replies answer the outstanding commands in order; a reply moves the state as
+``_ON_REPLY`` says for (state, command, outcome), and leaves it alone otherwise.
+Rule 3: a 421 answers the oldest outstanding command and ends the session, as does any reply to
+QUIT; the other outstanding commands get no reply.
+Rule 4: a positive reply that no answer to its command can be (250 to DATA, 354 to MAIL), a
+malformed line, codes that disagree within one reply, a reply with no command to answer (a 421
+excepted) or a reply over the size limits is a ``RemoteProtocolError``: the engine stops.
+
+Enhanced status codes (RFC 3463) are parsed whenever the first line's text starts with a valid
+``class.subject.detail`` whose class matches the reply code's first digit, whether or not the
+server advertised ENHANCEDSTATUSCODES: the greeting and the EHLO reply come before we could know,
+and a text that starts so is an enhanced code in practice. The code is removed from every line
+that starts with it. A line may end in CRLF or in a bare LF (replies are only read, so leniency
+costs nothing here).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import re
+import types
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+
+import attrs
+
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._events import NEED_DATA, ConnectionClosed, MailParams, RcptParams, Reply, Sentinel
+from ._params import xtext_encode
+from ._sasl import ClientMechanism
+
+__all__ = [
+    "ClientConnection",
+    "ClientEvent",
+    "ClientState",
+    "Command",
+    "Extensions",
+    "Response",
+]
+
+MAX_REPLY_LINE = 2048  #: octets per reply line with CRLF (RFC 5321: 512; servers exceed it)
+MAX_REPLY_SIZE = 64 * 1024  #: octets per (multi-line) reply
+
+
+class ClientState(enum.Enum):
+    """Where the session stands, as far as the server's replies have confirmed."""
+
+    GREETING = "GREETING"  #: waiting for the server's greeting
+    REFUSED = "REFUSED"  #: greeted with 554 (or another refusal): only QUIT is left
+    INITIAL = "INITIAL"  #: EHLO/HELO/LHLO needed (also right after STARTTLS)
+    READY = "READY"  #: greeted, no transaction
+    MAIL = "MAIL"  #: MAIL accepted, no recipient accepted yet
+    RCPT = "RCPT"  #: at least one recipient accepted
+    DATA = "DATA"  #: 354 received: send the content with ``send_message_data``
+    CHUNKING = "CHUNKING"  #: between BDAT chunks of one message
+    AUTH = "AUTH"  #: inside a SASL exchange: answer with ``auth_respond`` or ``auth_cancel``
+    CLOSED = "CLOSED"  #: QUIT answered, 421 received or the connection closed
+    ERROR = "ERROR"  #: the server broke the protocol; nothing more can be read or written
+
+
+class Command(enum.StrEnum):
+    """What a reply answers. Compares equal to its plain string (``Command.MAIL == "MAIL"``)."""
+
+    CONNECT = "CONNECT"  #: the greeting
+    EHLO = "EHLO"
+    HELO = "HELO"
+    LHLO = "LHLO"
+    MAIL = "MAIL"
+    RCPT = "RCPT"
+    DATA = "DATA"  #: the 354 go-ahead (or a refusal)
+    END_OF_DATA = "END_OF_DATA"  #: the final reply to a message sent after DATA
+    BDAT = "BDAT"
+    BDAT_LAST = "BDAT_LAST"  #: the final reply to a message sent with BDAT
+    RSET = "RSET"
+    NOOP = "NOOP"
+    VRFY = "VRFY"
+    STARTTLS = "STARTTLS"
+    AUTH = "AUTH"  #: the AUTH line and every SASL response after it
+    QUIT = "QUIT"
+    UNSOLICITED = "UNSOLICITED"  #: a 421 that arrived while no command was outstanding
+
+
+class _Outcome(enum.Enum):
+    DONE = 2  #: 2xx
+    MORE = 3  #: 3xx: 354 to DATA, 334 to AUTH
+    FAILED = 4  #: 4xx or 5xx
+
+
+S = ClientState
+C = Command
+_DONE, _MORE, _FAILED = _Outcome.DONE, _Outcome.MORE, _Outcome.FAILED
+
+_HELLOS = frozenset({C.EHLO, C.HELO, C.LHLO})
+_ANYTIME = frozenset({C.RSET, C.NOOP, C.VRFY, C.QUIT})
+_SASL_RESPONSE = "SASL response"  # a guard key only: replies to it are reported as AUTH
+
+#: Rule 1: what may be written in each (projected) state.
+_ALLOWED: dict[ClientState, frozenset[str]] = {
+    S.GREETING: frozenset(),
+    S.REFUSED: frozenset({C.QUIT}),
+    S.INITIAL: _ANYTIME | _HELLOS,
+    S.READY: _ANYTIME | _HELLOS | {C.MAIL, C.STARTTLS, C.AUTH},
+    S.MAIL: _ANYTIME | _HELLOS | {C.RCPT},
+    S.RCPT: _ANYTIME | _HELLOS | {C.RCPT, C.DATA, C.BDAT, C.BDAT_LAST},
+    S.DATA: frozenset({C.END_OF_DATA}),
+    S.CHUNKING: frozenset({C.BDAT, C.BDAT_LAST, C.RSET, C.NOOP, C.QUIT}),
+    S.AUTH: frozenset({_SASL_RESPONSE}),
+    S.CLOSED: frozenset(),
+    S.ERROR: frozenset(),
+}
+
+#: Rule 1: commands after which nothing may be written until their reply is in (RFC 2920 §3.1,
+#: RFC 3207, RFC 4954). MAIL, RCPT, RSET, BDAT and the end of data may be followed.
+_ENDS_GROUP = frozenset(
+    {C.CONNECT, C.EHLO, C.HELO, C.LHLO, C.DATA, C.VRFY, C.NOOP, C.QUIT, C.STARTTLS, C.AUTH}
+)
+
+
+_HELLO_DONE = {(hello, _DONE): S.READY for hello in _HELLOS}  # a new EHLO resets (5321 §4.1.4)
+
+#: Rule 2: the only place the state moves (Rule 3 adds QUIT and 421, which end any state).
+_ON_REPLY: dict[ClientState, dict[tuple[Command, _Outcome], ClientState]] = {
+    S.GREETING: {(C.CONNECT, _DONE): S.INITIAL, (C.CONNECT, _FAILED): S.REFUSED},
+    S.INITIAL: dict(_HELLO_DONE),
+    S.READY: {
+        **_HELLO_DONE,
+        (C.MAIL, _DONE): S.MAIL,
+        (C.STARTTLS, _DONE): S.INITIAL,
+        (C.AUTH, _MORE): S.AUTH,
+        (C.RSET, _DONE): S.READY,
+    },
+    S.MAIL: {
+        **_HELLO_DONE,
+        (C.RCPT, _DONE): S.RCPT,
+        (C.RSET, _DONE): S.READY,
+        # 354 although no recipient was accepted (pipelined, all refused): the client ends the
+        # data at once with "." (send_message_data does), and the transaction fails.
+        (C.DATA, _MORE): S.DATA,
+        (C.BDAT_LAST, _DONE): S.READY,
+    },
+    S.RCPT: {
+        **_HELLO_DONE,
+        (C.DATA, _MORE): S.DATA,
+        (C.BDAT, _DONE): S.CHUNKING,
+        (C.BDAT, _FAILED): S.READY,  # RFC 3030 §2: a refused chunk fails the transaction
+        (C.BDAT_LAST, _DONE): S.READY,
+        (C.BDAT_LAST, _FAILED): S.READY,
+        (C.RSET, _DONE): S.READY,
+    },
+    S.DATA: {(C.END_OF_DATA, _DONE): S.READY, (C.END_OF_DATA, _FAILED): S.READY},
+    S.CHUNKING: {
+        (C.BDAT_LAST, _DONE): S.READY,
+        (C.BDAT, _FAILED): S.READY,
+        (C.BDAT_LAST, _FAILED): S.READY,
+        (C.RSET, _DONE): S.READY,
+    },
+    S.AUTH: {(C.AUTH, _MORE): S.AUTH, (C.AUTH, _DONE): S.READY, (C.AUTH, _FAILED): S.READY},
+}
+
+#: Rule 4: the positive outcomes each command can get; 4xx/5xx is always a possible answer.
+_POSITIVE: dict[Command, frozenset[_Outcome]] = {c: frozenset({_DONE}) for c in Command}
+_POSITIVE[C.DATA] = frozenset({_MORE})
+_POSITIVE[C.AUTH] = frozenset({_DONE, _MORE})
+
+#: The outcome assumed for outstanding commands when checking what may be written next.
+_HOPED: dict[Command, _Outcome] = {c: next(iter(_POSITIVE[c])) for c in Command}
+_HOPED[C.AUTH] = _DONE
+
+#: RFC 5321 §4.5.3.2: how long a client waits for each reply, in seconds.
+_REPLY_TIMEOUTS: dict[Command, float] = {c: 300.0 for c in Command}
+_REPLY_TIMEOUTS[C.DATA] = 120.0
+_REPLY_TIMEOUTS[C.END_OF_DATA] = 600.0
+_REPLY_TIMEOUTS[C.BDAT_LAST] = 600.0
+
+
+def _next_state(state: ClientState, command: Command, outcome: _Outcome) -> ClientState:
+    if command is C.QUIT:
+        return S.CLOSED
+    return _ON_REPLY.get(state, {}).get((command, outcome), state)
+
+
+# --- values and events --------------------------------------------------------------------
+
+
+def _frozen_map(value: Mapping[str, tuple[str, ...]]) -> Mapping[str, tuple[str, ...]]:
+    return types.MappingProxyType(dict(value))
+
+
+_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+
+
+@attrs.frozen
+class Extensions:
+    """What the server offered in its EHLO (or LHLO) reply, typed; HELO gives an empty one.
+
+    ``size`` is None when SIZE was not offered and 0 when it was offered without a fixed limit
+    (RFC 1870 writes that ``SIZE 0``). ``keywords`` holds every advertised keyword, upper-cased,
+    with its parameters (``AUTH=LOGIN`` lines, as old Outlook wants them, count as AUTH).
+    """
+
+    domain: str = ""  #: the first word of the reply: the server's name for itself
+    size: int | None = None
+    auth: tuple[str, ...] = ()  #: SASL mechanisms, upper-cased
+    pipelining: bool = False
+    chunking: bool = False
+    binarymime: bool = False
+    eightbitmime: bool = False
+    smtputf8: bool = False
+    dsn: bool = False
+    starttls: bool = False
+    requiretls: bool = False
+    enhanced_status_codes: bool = False
+    keywords: Mapping[str, tuple[str, ...]] = attrs.field(
+        factory=dict, converter=_frozen_map, hash=False
+    )
+
+    @classmethod
+    def from_ehlo(cls, reply: Reply) -> Extensions:
+        """Read the capability lines; lines that are no ehlo-keyword are skipped, not fatal."""
+        first, *rest = reply.lines
+        words = first.split()
+        found: dict[str, list[str]] = {}
+        for line in rest:
+            parts = line.split()
+            if not parts:
+                continue
+            keyword, _, inline = parts[0].partition("=")
+            if not _KEYWORD.fullmatch(keyword):
+                continue
+            params = found.setdefault(keyword.upper(), [])
+            for param in ([inline] if inline else []) + parts[1:]:
+                if param not in params:
+                    params.append(param)
+        size_params = found.get("SIZE")
+        size = None
+        if size_params is not None:
+            size = int(size_params[0]) if size_params and size_params[0].isdigit() else 0
+        auth = tuple(dict.fromkeys(m.upper() for m in found.get("AUTH", ())))
+        return cls(
+            domain=words[0] if words else "",
+            size=size,
+            auth=auth,
+            pipelining="PIPELINING" in found,
+            chunking="CHUNKING" in found,
+            binarymime="BINARYMIME" in found,
+            eightbitmime="8BITMIME" in found,
+            smtputf8="SMTPUTF8" in found,
+            dsn="DSN" in found,
+            starttls="STARTTLS" in found,
+            requiretls="REQUIRETLS" in found,
+            enhanced_status_codes="ENHANCEDSTATUSCODES" in found,
+            keywords={k: tuple(v) for k, v in found.items()},
+        )
+
+
+_NONE_OFFERED = Extensions()
+
+
+@attrs.frozen
+class Response:
+    """One reply and the command it answers.
+
+    ``argument`` names what the command was about: the address for MAIL and RCPT, the name for
+    EHLO, the mechanism for AUTH, ``"<size>"`` or ``"<size> LAST"`` for BDAT, the VRFY argument;
+    in LMTP the replies after the data (END_OF_DATA, BDAT_LAST) come one per accepted recipient,
+    and ``argument`` is that recipient. ``extensions`` is set on a 250 to EHLO, HELO or LHLO.
+    """
+
+    command: Command
+    argument: str | None
+    reply: Reply
+    extensions: Extensions | None = None
+
+
+ClientEvent = Response | ConnectionClosed
+
+
+# --- reply parsing ------------------------------------------------------------------------
+
+_ENHANCED = re.compile(r"([245])\.(?:0|[1-9][0-9]{0,2})\.(?:0|[1-9][0-9]{0,2})(?= |$)")
+
+
+def _make_reply(code: int, texts: list[str]) -> Reply:
+    """Take the enhanced code off the lines when the first one starts with it (see above)."""
+    found = _ENHANCED.match(texts[0])
+    if found is None or int(found.group(1)) != code // 100:
+        return Reply(code, texts)
+    enhanced = found.group(0)
+    lines = []
+    for text in texts:
+        if text == enhanced:
+            text = ""
+        elif text.startswith(enhanced + " "):
+            text = text[len(enhanced) + 1 :]
+        lines.append(text)
+    return Reply(code, lines, enhanced)
+
+
+# --- the connection -----------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _Outstanding:
+    """A command written whose reply has not arrived. ``recipients`` is filled, in LMTP, when
+    the first reply to the end of data arrives: by then every RCPT reply is known."""
+
+    command: Command
+    argument: str | None = None
+    recipients: deque[str | None] | None = None
+
+
+def _check_line_text(value: str, what: str, *, utf8: bool) -> None:
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise LocalProtocolError(f"{what} contains CR, LF or NUL: {value!r}")
+    if not utf8 and not value.isascii():
+        raise LocalProtocolError(f"{what} is not ASCII and the server does not offer SMTPUTF8")
+
+
+def _check_address(address: str, what: str) -> None:
+    _check_line_text(address, what, utf8=True)
+    if address.startswith("<") or address.endswith(">"):
+        raise LocalProtocolError(f"give the {what} without angle brackets: {address!r}")
+
+
+def _check_word(value: str, what: str) -> None:
+    if not value or any(c in value for c in " \t=") or not value.isprintable():
+        raise LocalProtocolError(f"{what} must be a non-empty word: {value!r}")
+    _check_line_text(value, what, utf8=False)
+
+
+def _stuff(content: bytes) -> bytes:
+    """CRLF line ends (bare CR and bare LF become CRLF), dots doubled at line starts, a final
+    CRLF when missing, and the terminator: whole-buffer replaces, no loop per line."""
+    data = content.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    if data.startswith(b"."):
+        data = b"." + data
+    return data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
+class ClientConnection:
+    """One SMTP (or LMTP) client session, without I/O.
+
+    Write what the command methods return; feed what the server sends to ``receive_data`` and
+    call ``next_event`` until it says ``NEED_DATA``. Each command method raises
+    ``LocalProtocolError`` (and changes nothing) when the command does not fit the state, a reply
+    it depends on is still outstanding, or the server did not offer what it needs.
+    """
+
+    def __init__(
+        self,
+        *,
+        lmtp: bool = False,
+        max_reply_line: int = MAX_REPLY_LINE,
+        max_reply_size: int = MAX_REPLY_SIZE,
+    ) -> None:
+        self._lmtp = lmtp
+        self._max_line = max_reply_line
+        self._max_reply = max_reply_size
+        self._state = S.GREETING
+        self._outstanding: deque[_Outstanding] = deque([_Outstanding(C.CONNECT)])
+        # the state once every outstanding command has succeeded (what Rule 1 checks against)
+        self._projected = _next_state(S.GREETING, C.CONNECT, _HOPED[C.CONNECT])
+        self._extensions: Extensions | None = None
+        self._authenticated = False
+        self._tls = False
+        self._accepted: list[str] = []
+        self._txn = MailParams()  # the params of the last MAIL written
+        self._mechanism: ClientMechanism | None = None
+        self._challenge: bytes | None = None
+        # receive side
+        self._buffer = bytearray()
+        self._scanned = 0  # how far the buffer is known to hold no LF
+        self._eof = False
+        self._reply_code: int | None = None
+        self._reply_texts: list[str] = []
+        self._reply_octets = 0
+
+    # --- what the application may look at ---
+
+    @property
+    def state(self) -> ClientState:
+        return self._state
+
+    @property
+    def lmtp(self) -> bool:
+        return self._lmtp
+
+    @property
+    def extensions(self) -> Extensions | None:
+        """The capabilities of the last successful EHLO/LHLO (empty after HELO); None before
+        one, and again after STARTTLS (RFC 3207: everything learnt before TLS is forgotten)."""
+        return self._extensions
+
+    @property
+    def outstanding(self) -> tuple[Command, ...]:
+        """The commands written whose replies have not arrived yet, oldest first."""
+        return tuple(o.command for o in self._outstanding)
+
+    @property
+    def accepted_recipients(self) -> tuple[str, ...]:
+        """The recipients the server accepted in the current (or last) transaction."""
+        return tuple(self._accepted)
+
+    @property
+    def authenticated(self) -> bool:
+        return self._authenticated
+
+    @property
+    def reply_timeout(self) -> float | None:
+        """Seconds to wait for the oldest outstanding reply (RFC 5321 §4.5.3.2); None when no
+        reply is due. The adapter enforces it; the engine never reads a clock."""
+        if not self._outstanding or self._state in (S.CLOSED, S.ERROR):
+            return None
+        return _REPLY_TIMEOUTS[self._outstanding[0].command]
+
+    # --- receiving ---
+
+    def receive_data(self, data: bytes) -> None:
+        """Buffer bytes from the server; ``b""`` means the server closed the connection."""
+        if self._eof:
+            if data:
+                raise LocalProtocolError("data received after the end of the stream")
+            return
+        if not data:
+            self._eof = True
+        elif self._state not in (S.CLOSED, S.ERROR):
+            self._buffer += data
+
+    def next_event(self) -> ClientEvent | Sentinel:
+        """The next reply as a ``Response``, ``ConnectionClosed``, or ``NEED_DATA``."""
+        if self._state is S.ERROR:
+            raise RemoteProtocolError("the connection already failed", None)
+        if self._state is S.CLOSED:
+            return ConnectionClosed() if self._eof else NEED_DATA
+        reply = self._read_reply()
+        if reply is not None:
+            return self._answer(reply)
+        if not self._eof:
+            return NEED_DATA
+        if self._buffer or self._reply_texts:
+            raise self._fail("the server closed the connection in the middle of a reply")
+        self._close()
+        return ConnectionClosed()
+
+    def _fail(self, message: str) -> RemoteProtocolError:
+        self._state = self._projected = S.ERROR
+        self._outstanding.clear()
+        self._buffer.clear()
+        return RemoteProtocolError(message, None)
+
+    def _close(self) -> None:
+        self._state = self._projected = S.CLOSED
+        self._outstanding.clear()
+        self._buffer.clear()
+
+    def _read_reply(self) -> Reply | None:
+        """Take one complete reply off the buffer, if there is one.
+
+        Each octet is looked at once: the search for LF resumes where the last one stopped, and
+        a line or reply over its limit fails before the rest of it is buffered.
+        """
+        buf = self._buffer
+        while True:
+            end = buf.find(b"\n", self._scanned)
+            if end < 0:
+                self._scanned = len(buf)
+                if len(buf) > self._max_line:
+                    raise self._fail(f"reply line longer than {self._max_line} octets")
+                if self._reply_octets + len(buf) > self._max_reply:
+                    raise self._fail(f"reply longer than {self._max_reply} octets")
+                return None
+            length = end + 1
+            if length > self._max_line:
+                raise self._fail(f"reply line longer than {self._max_line} octets")
+            line = bytes(buf[: end - 1 if end and buf[end - 1] == 0x0D else end])
+            del buf[:length]
+            self._scanned = 0
+            self._reply_octets += length
+            if self._reply_octets > self._max_reply:
+                raise self._fail(f"reply longer than {self._max_reply} octets")
+            code_digits, separator = line[:3], line[3:4]
+            if not (
+                len(code_digits) == 3
+                and code_digits.isdigit()
+                and code_digits[0] in b"2345"
+                and separator in (b"", b" ", b"-")
+            ):
+                raise self._fail(f"malformed reply line: {line[:80]!r}")
+            code = int(code_digits)
+            if self._reply_code is None:
+                self._reply_code = code
+            elif code != self._reply_code:
+                raise self._fail(f"reply code {code} inside a {self._reply_code} reply")
+            self._reply_texts.append(line[4:].decode("utf-8", "replace"))
+            if separator != b"-":
+                reply = _make_reply(code, self._reply_texts)
+                self._reply_code, self._reply_texts, self._reply_octets = None, [], 0
+                return reply
+
+    def _answer(self, reply: Reply) -> Response:
+        """Rules 2-4: match the reply to the oldest outstanding command and move the state."""
+        if not self._outstanding:
+            if reply.code == 421:
+                self._close()
+                return Response(C.UNSOLICITED, None, reply)
+            raise self._fail(f"a {reply.code} reply arrived while no command was outstanding")
+        head = self._outstanding[0]
+        command = head.command
+        outcome = _Outcome(min(reply.code // 100, 4))
+        if outcome is not _FAILED and outcome not in _POSITIVE[command]:
+            raise self._fail(f"a {reply.code} reply cannot answer {command}")
+        argument = head.argument
+        if self._lmtp and command in (C.END_OF_DATA, C.BDAT_LAST):
+            if head.recipients is None:
+                recipients: list[str | None] = [*self._accepted] or [None]
+                head.recipients = deque(recipients)
+            argument = head.recipients.popleft()
+            if not head.recipients:
+                self._outstanding.popleft()
+        else:
+            self._outstanding.popleft()
+
+        if reply.code == 421 or command is C.QUIT:
+            self._close()
+            return Response(command, argument, reply)
+
+        self._state = _next_state(self._state, command, outcome)
+        if outcome is not _HOPED[command]:
+            self._projected = self._state
+            for later in self._outstanding:
+                self._projected = _next_state(self._projected, later.command, _HOPED[later.command])
+
+        extensions = None
+        if outcome is _DONE:
+            if command in (C.EHLO, C.LHLO):
+                extensions = self._extensions = Extensions.from_ehlo(reply)
+            elif command is C.HELO:
+                extensions = self._extensions = _NONE_OFFERED
+            if command in _HELLOS or command is C.RSET or command is C.MAIL:
+                self._accepted = []
+            elif command is C.RCPT and argument is not None:
+                self._accepted.append(argument)
+            elif command is C.AUTH:
+                self._authenticated = True
+            elif command is C.STARTTLS:
+                # RFC 3207 §4.2 (CVE-2011-0411): bytes that came with the 220 were sent before
+                # TLS and may be injected; drop them, and forget what the server said before.
+                self._buffer.clear()
+                self._scanned = 0
+                self._tls = True
+                self._extensions = None
+                self._authenticated = False
+        if command is C.AUTH:
+            self._challenge = None
+            if outcome is _MORE:
+                try:
+                    self._challenge = base64.b64decode(reply.lines[0], validate=True)
+                except (binascii.Error, ValueError):
+                    self._challenge = None
+            else:
+                self._mechanism = None
+        return Response(command, argument, reply, extensions)
+
+    # --- writing: the guards ---
+
+    def _offered(self) -> Extensions:
+        return self._extensions or _NONE_OFFERED
+
+    def _begin(self, verb: str) -> None:
+        """Rule 1: refuse a command that does not fit (the caller then writes it)."""
+        if self._outstanding:
+            last = self._outstanding[-1].command
+            if last is C.CONNECT:
+                raise LocalProtocolError(f"{verb} before the server's greeting")
+            if not self._offered().pipelining:
+                raise LocalProtocolError(
+                    f"{verb} while the reply to {last} is outstanding "
+                    "(the server does not offer PIPELINING: one command at a time)"
+                )
+            if last in _ENDS_GROUP:
+                raise LocalProtocolError(f"{verb} before the reply to {last} (RFC 2920 §3.1)")
+        if verb not in _ALLOWED[self._projected]:
+            raise LocalProtocolError(f"{verb} is not allowed in state {self._projected.name}")
+
+    def _write(self, command: Command, argument: str | None, line: str) -> bytes:
+        self._outstanding.append(_Outstanding(command, argument))
+        self._projected = _next_state(self._projected, command, _HOPED[command])
+        return line.encode("utf-8") + b"\r\n"
+
+    def _need(self, offered: bool, what: str) -> None:
+        if not offered:
+            raise LocalProtocolError(f"the server does not offer {what}")
+
+    # --- writing: the commands ---
+
+    def ehlo(self, name: str) -> bytes:
+        """EHLO (LHLO in LMTP mode): greet, and learn the server's extensions from the reply."""
+        command = C.LHLO if self._lmtp else C.EHLO
+        self._begin(command)
+        _check_word(name, "EHLO name")
+        return self._write(command, name, f"{command} {name}")
+
+    def helo(self, name: str) -> bytes:
+        """HELO, for servers that refuse EHLO: no extensions at all (not in LMTP)."""
+        if self._lmtp:
+            raise LocalProtocolError("LMTP has no HELO: use ehlo(), which sends LHLO")
+        self._begin(C.HELO)
+        _check_word(name, "HELO name")
+        return self._write(C.HELO, name, f"HELO {name}")
+
+    def mail(self, address: str, params: MailParams | None = None) -> bytes:
+        """MAIL FROM (``""`` is the null reverse-path ``<>``). A non-ASCII address adds SMTPUTF8
+        when the server offers it; every parameter is checked against what was offered."""
+        self._begin(C.MAIL)
+        _check_address(address, "reverse-path")
+        params = params or MailParams()
+        if not address.isascii() and not params.smtputf8:
+            self._need(self._offered().smtputf8, "SMTPUTF8 (the reverse-path is not ASCII)")
+            params = attrs.evolve(params, smtputf8=True)
+        line = f"MAIL FROM:<{address}>{self._mail_params(params)}"
+        out = self._write(C.MAIL, address, line)
+        self._txn = params
+        return out
+
+    def _mail_params(self, params: MailParams) -> str:
+        ext = self._offered()
+        words = []
+        if params.size is not None:
+            self._need(ext.size is not None, "SIZE")
+            assert ext.size is not None
+            if ext.size and params.size > ext.size:
+                raise LocalProtocolError(
+                    f"the message ({params.size} octets) exceeds the server's SIZE {ext.size}"
+                )
+            words.append(f"SIZE={params.size}")
+        if params.body is not None:
+            if params.body == "BINARYMIME":
+                self._need(ext.binarymime and ext.chunking, "BINARYMIME with CHUNKING")
+            else:
+                self._need(ext.eightbitmime, "8BITMIME (BODY=)")
+            words.append(f"BODY={params.body}")
+        if params.smtputf8:
+            self._need(ext.smtputf8, "SMTPUTF8")
+            words.append("SMTPUTF8")
+        if params.ret is not None:
+            self._need(ext.dsn, "DSN (RET=)")
+            words.append(f"RET={params.ret}")
+        if params.envid is not None:
+            self._need(ext.dsn, "DSN (ENVID=)")
+            words.append(f"ENVID={xtext_encode(params.envid)}")
+        if params.auth is not None:
+            self._need(bool(ext.auth) or "AUTH" in ext.keywords, "AUTH (AUTH= submitter)")
+            words.append(f"AUTH={xtext_encode(params.auth)}")
+        if params.requiretls:
+            self._need(ext.requiretls, "REQUIRETLS")
+            words.append("REQUIRETLS")
+        words += _extra_params(params.extra)
+        return "".join(" " + word for word in words)
+
+    def rcpt(self, address: str, params: RcptParams | None = None) -> bytes:
+        """RCPT TO. With PIPELINING it may follow MAIL (and other RCPTs) before their replies."""
+        self._begin(C.RCPT)
+        _check_address(address, "forward-path")
+        if not address:
+            raise LocalProtocolError("RCPT needs an address")
+        if not address.isascii() and not self._txn.smtputf8:
+            raise LocalProtocolError(
+                "non-ASCII recipient, but MAIL did not declare SMTPUTF8 (send_envelope does)"
+            )
+        words = []
+        if params is not None:
+            if params.notify is not None:
+                self._need(self._offered().dsn, "DSN (NOTIFY=)")
+                if not params.notify or ("NEVER" in params.notify and len(params.notify) > 1):
+                    raise LocalProtocolError("NOTIFY is NEVER alone, or SUCCESS/FAILURE/DELAY")
+                words.append("NOTIFY=" + ",".join(params.notify))
+            if params.orcpt is not None:
+                self._need(self._offered().dsn, "DSN (ORCPT=)")
+                addr_type, original = params.orcpt
+                _check_word(addr_type, "ORCPT address type")
+                words.append(f"ORCPT={addr_type};{xtext_encode(original)}")
+            words += _extra_params(params.extra)
+        line = f"RCPT TO:<{address}>" + "".join(" " + word for word in words)
+        return self._write(C.RCPT, address, line)
+
+    def data(self) -> bytes:
+        """DATA; after its 354 send the content with ``send_message_data``."""
+        self._begin(C.DATA)
+        if self._txn.body == "BINARYMIME":
+            raise LocalProtocolError("BODY=BINARYMIME content must be sent with BDAT")
+        return self._write(C.DATA, None, "DATA")
+
+    def send_message_data(self, content: bytes) -> bytes:
+        """The content after the 354, dot-stuffed with CRLF line ends, and the terminator.
+
+        If the server answered DATA with 354 although it accepted no recipient (pipelining,
+        every RCPT refused), only ``.\\r\\n`` is written, whatever ``content`` is: the empty data
+        ends the DATA phase and the transaction fails (RFC 2920 §3.1).
+        """
+        self._begin(C.END_OF_DATA)
+        if not self._accepted:
+            line = b".\r\n"
+        else:
+            self._check_8bit(content)
+            line = _stuff(content)
+        self._outstanding.append(_Outstanding(C.END_OF_DATA))
+        self._projected = _next_state(self._projected, C.END_OF_DATA, _DONE)
+        return line
+
+    def bdat(self, chunk: bytes, last: bool = False) -> bytes:
+        """``BDAT <size> [LAST]`` and the chunk as it is (RFC 3030: no dot-stuffing)."""
+        command = C.BDAT_LAST if last else C.BDAT
+        self._begin(command)
+        self._need(self._offered().chunking, "CHUNKING (BDAT)")
+        if self._txn.body != "BINARYMIME":
+            self._check_8bit(chunk)
+        argument = f"{len(chunk)} LAST" if last else str(len(chunk))
+        return self._write(command, argument, f"BDAT {argument}") + chunk
+
+    def _check_8bit(self, content: bytes) -> None:
+        if content.isascii() or self._txn.smtputf8 or self._txn.body in ("8BITMIME", "BINARYMIME"):
+            return
+        raise LocalProtocolError(
+            "the message has 8-bit octets but MAIL did not declare BODY=8BITMIME "
+            "(mail_params_for() sets it when the server offers 8BITMIME; otherwise encode the "
+            "message as 7-bit, with quoted-printable or base64)"
+        )
+
+    def rset(self) -> bytes:
+        """RSET: abandon the transaction."""
+        self._begin(C.RSET)
+        return self._write(C.RSET, None, "RSET")
+
+    def noop(self) -> bytes:
+        self._begin(C.NOOP)
+        return self._write(C.NOOP, None, "NOOP")
+
+    def vrfy(self, argument: str) -> bytes:
+        self._begin(C.VRFY)
+        if not argument:
+            raise LocalProtocolError("VRFY needs an argument")
+        _check_line_text(argument, "VRFY argument", utf8=self._offered().smtputf8)
+        return self._write(C.VRFY, argument, f"VRFY {argument}")
+
+    def starttls(self) -> bytes:
+        """STARTTLS. After its 220 the adapter wraps the socket; bytes already received after the
+        220 are dropped, and EHLO is needed again."""
+        self._begin(C.STARTTLS)
+        if self._tls:
+            raise LocalProtocolError("TLS is already active")
+        self._need(self._offered().starttls, "STARTTLS")
+        return self._write(C.STARTTLS, None, "STARTTLS")
+
+    def auth(self, mechanism: ClientMechanism) -> bytes:
+        """AUTH with the mechanism's initial response (RFC 4954 §4). Each 334 challenge arrives
+        as a Response with command AUTH; answer it with ``auth_respond()`` or ``auth_cancel()``."""
+        self._begin(C.AUTH)
+        if self._authenticated:
+            raise LocalProtocolError("already authenticated (RFC 4954: AUTH once per session)")
+        name = mechanism.name.upper()
+        offered = self._offered().auth
+        if name not in offered:
+            raise LocalProtocolError(
+                f"the server does not offer AUTH {name} (it offers: {' '.join(offered) or 'none'})"
+            )
+        initial = mechanism.initial_response()
+        line = f"AUTH {name}"
+        if initial is not None:
+            line += " " + (base64.b64encode(initial).decode("ascii") or "=")
+        self._mechanism = mechanism
+        return self._write(C.AUTH, name, line)
+
+    def auth_respond(self) -> bytes:
+        """The mechanism's answer to the last 334 challenge, base64-encoded. A challenge that is
+        not valid base64 is answered with ``*`` (cancel), as RFC 4954 §4 allows."""
+        self._begin(_SASL_RESPONSE)
+        assert self._mechanism is not None
+        if self._challenge is None:
+            return self._write(C.AUTH, self._mechanism.name.upper(), "*")
+        answer = self._mechanism.respond(self._challenge)
+        line = base64.b64encode(answer).decode("ascii")
+        return self._write(C.AUTH, self._mechanism.name.upper(), line)
+
+    def auth_cancel(self) -> bytes:
+        """``*``: end the SASL exchange; the server answers 501."""
+        self._begin(_SASL_RESPONSE)
+        assert self._mechanism is not None
+        return self._write(C.AUTH, self._mechanism.name.upper(), "*")
+
+    def quit(self) -> bytes:
+        self._begin(C.QUIT)
+        return self._write(C.QUIT, None, "QUIT")
+
+    # --- writing: whole envelopes ---
+
+    def mail_params_for(
+        self,
+        content: bytes,
+        mail_from: str,
+        rcpt_tos: Iterable[str] = (),
+        params: MailParams | None = None,
+    ) -> MailParams:
+        """MAIL parameters the message needs: SIZE when offered, BODY=8BITMIME for 8-bit
+        content, SMTPUTF8 for non-ASCII addresses. Refuses what the server does not offer."""
+        ext = self._offered()
+        params = params or MailParams()
+        if params.size is None and ext.size is not None:
+            params = attrs.evolve(params, size=len(content))
+        if params.body is None and not content.isascii():
+            self._need(ext.eightbitmime, "8BITMIME, and the message has 8-bit octets")
+            params = attrs.evolve(params, body="8BITMIME")
+        if not params.smtputf8 and not all(a.isascii() for a in (mail_from, *rcpt_tos)):
+            self._need(ext.smtputf8, "SMTPUTF8, and an address is not ASCII")
+            params = attrs.evolve(params, smtputf8=True)
+        return params
+
+    def send_envelope(
+        self,
+        mail_from: str,
+        rcpt_tos: Sequence[str],
+        mail_params: MailParams | None = None,
+        rcpt_params: RcptParams | Sequence[RcptParams | None] | None = None,
+        *,
+        content: bytes | None = None,
+        data: bool = True,
+    ) -> bytes:
+        """MAIL, every RCPT and DATA in one write (RFC 2920 pipelining).
+
+        ``rcpt_params`` is one value for all recipients or one per recipient. With ``content``
+        the MAIL parameters come from ``mail_params_for``. ``data=False`` leaves DATA out (to
+        follow with BDAT). The replies then arrive in order; refused recipients are just not
+        in ``accepted_recipients``. All or nothing: if a command is refused, none is written.
+        """
+        self._need(self._offered().pipelining, "PIPELINING: send MAIL, RCPT and DATA one by one")
+        if isinstance(rcpt_tos, str):
+            raise LocalProtocolError("rcpt_tos is a sequence of addresses, not one string")
+        if not rcpt_tos:
+            raise LocalProtocolError("send_envelope needs at least one recipient")
+        if rcpt_params is None or isinstance(rcpt_params, RcptParams):
+            per_rcpt: Sequence[RcptParams | None] = [rcpt_params] * len(rcpt_tos)
+        else:
+            per_rcpt = rcpt_params
+            if len(per_rcpt) != len(rcpt_tos):
+                raise LocalProtocolError("rcpt_params has not one entry per recipient")
+        if content is not None:
+            mail_params = self.mail_params_for(content, mail_from, rcpt_tos, mail_params)
+        elif not all(a.isascii() for a in rcpt_tos):
+            mail_params = mail_params or MailParams()
+            if not mail_params.smtputf8:
+                self._need(self._offered().smtputf8, "SMTPUTF8, and a recipient is not ASCII")
+                mail_params = attrs.evolve(mail_params, smtputf8=True)
+        saved = (self._projected, len(self._outstanding), self._txn)
+        try:
+            out = [self.mail(mail_from, mail_params)]
+            out += [self.rcpt(a, p) for a, p in zip(rcpt_tos, per_rcpt, strict=True)]
+            if data:
+                out.append(self.data())
+        except LocalProtocolError:
+            self._projected, count, self._txn = saved
+            while len(self._outstanding) > count:
+                self._outstanding.pop()
+            raise
+        return b"".join(out)
+
+
+def _extra_params(extra: tuple[tuple[str, str | None], ...]) -> list[str]:
+    words = []
+    for key, value in extra:
+        _check_word(key, "parameter name")
+        if value is None:
+            words.append(key.upper())
+        else:
+            _check_word(value, f"{key} value")
+            words.append(f"{key.upper()}={value}")
+    return words

@@ -1,0 +1,108 @@
+"""Reading DATA content: strict CRLF.CRLF end, dot-unstuffing and checks over whole buffers.
+
+No Python loop runs per line: each call scans the buffered bytes with ``bytes.find``,
+``count``, ``replace`` and one compiled regex, emits what can be emitted and keeps at most a
+partial terminator. Only ``CRLF.CRLF`` ends the data (SMTP smuggling: ``LF.LF``, ``CR.CR``,
+``LF.CRLF`` and friends are content). A bare LF either counts as a line end and is delivered
+as CRLF (``normalize``) or makes the message fail (``reject``), as Postfix's
+``smtpd_forbid_bare_newline`` does; a bare CR is never a line end.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ._events import DataChunk, EndOfData, Reply
+
+__all__ = ["DotReader"]
+
+_TERMINATOR = b"\r\n.\r\n"
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+REPLY_TOO_BIG = Reply(552, "Message exceeds fixed maximum message size", "5.3.4")
+REPLY_LINE_TOO_LONG = Reply(500, "Line too long (RFC 5321 4.5.3.1.6)", "5.5.2")
+REPLY_BARE_LF = Reply(554, "Bare <LF> in message content: lines must end with <CR><LF>", "5.6.0")
+
+
+class DotReader:
+    """One message's DATA content, read from the connection's receive buffer.
+
+    The buffer starts as if a CRLF preceded it (the one that ended the DATA command), so a
+    first line of "." ends the message and a first line of ".." is unstuffed, like any other.
+    Between calls the buffer begins either at a CRLF or mid-line after a byte that is neither
+    CR nor LF, so no pattern we look for is ever split between two emitted pieces.
+    """
+
+    def __init__(
+        self, max_size: int | None, max_line_length: int | None, reject_bare_lf: bool
+    ) -> None:
+        self.size = 0
+        self.reject: Reply | None = None
+        self._max_size = max_size
+        self._long_line = (
+            None if max_line_length is None else re.compile(rb"\n[^\n]{%d}" % max_line_length)
+        )
+        self._max_line = max_line_length or 0
+        self._reject_bare_lf = reject_bare_lf
+        self._run = 0  # non-LF octets at the end of what was scanned so far
+        self._started = False
+        self._strip_prefix = True
+        self._finished = False
+
+    def read(self, buf: bytearray) -> DataChunk | EndOfData | None:
+        """Consume what can be consumed; None means more bytes are needed."""
+        if self._finished:
+            if self.reject is None:
+                return EndOfData(self.size)
+            return EndOfData(self.size, self.reject, self.reject)
+        if not self._started:
+            buf[0:0] = b"\r\n"
+            self._started = True
+        end = buf.find(_TERMINATOR)
+        if end >= 0:
+            keep = end + 2  # the CRLF ending the last line belongs to the content
+            consume = end + len(_TERMINATOR)
+            self._finished = True
+        else:
+            keep = buf.rfind(b"\r\n")
+            if keep <= 0:  # no line end to cut at: cut mid-line, never right after CR or LF
+                size = len(buf)
+                if size < len(_TERMINATOR):
+                    return None
+                keep = size - 1 if buf[-1] in b"\r\n" else size
+            consume = keep
+        with memoryview(buf) as view:
+            piece = bytes(view[:keep])
+        del buf[:consume]
+        data = self._check(piece)
+        if data:
+            return DataChunk(data)
+        return self.read(buf) if self._finished else None
+
+    def _check(self, piece: bytes) -> bytes:
+        """The piece as content, or b"" once the message is refused (its size still counts)."""
+        if piece.count(b"\n") != piece.count(b"\r\n"):
+            if self._reject_bare_lf and self.reject is None:
+                self.reject = REPLY_BARE_LF
+            piece = _BARE_LF.sub(b"\r\n", piece)
+        if self.reject is None and self._long_line is not None and self._too_long(piece):
+            self.reject = REPLY_LINE_TOO_LONG
+        data = piece.replace(b"\r\n.", b"\r\n")
+        if self._strip_prefix:  # the CRLF we put in front in read(): not the client's
+            data = data[2:]
+            self._strip_prefix = False
+        self.size += len(data)
+        if self._max_size is not None and self.size > self._max_size and self.reject is None:
+            self.reject = REPLY_TOO_BIG
+        return data if self.reject is None else b""
+
+    def _too_long(self, piece: bytes) -> bool:
+        assert self._long_line is not None
+        first_lf = piece.find(b"\n")
+        if first_lf < 0:
+            self._run += len(piece)
+            return self._run >= self._max_line
+        if self._run + first_lf >= self._max_line or self._long_line.search(piece, first_lf):
+            return True
+        self._run = len(piece) - piece.rfind(b"\n") - 1
+        return False

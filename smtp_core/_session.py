@@ -1,0 +1,539 @@
+"""Session: one connection's orchestration, written once for every adapter.
+
+It owns a ServerConnection, answers what needs no decision, asks the Policy and the Router,
+assembles Envelopes and hands the adapter Actions to carry out: write bytes, upgrade to TLS,
+call a hook or a handler, spool content, close. The adapter feeds bytes with ``receive_data``
+and reports each outcome with ``resolve``; neither step does I/O here.
+
+The conversation is one generator (``_converse``) that yields the questions it needs answered;
+replies produced on the way are batched into one ``Send`` per round (RFC 2920 §3.1).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Generator
+from datetime import datetime
+from typing import Any, TypeAlias
+
+import attrs
+
+from ._config import ServerConfig
+from ._envelope import Envelope, SessionInfo, TLSInfo
+from ._errors import RemoteProtocolError
+from ._events import (
+    NEED_DATA,
+    AuthCredentials,
+    BdatChunk,
+    ConnectionClosed,
+    Credentials,
+    DataChunk,
+    EndOfData,
+    Event,
+    Hello,
+    InvalidCommand,
+    MailFrom,
+    ProxyHeader,
+    Quit,
+    RcptParams,
+    RcptTo,
+    Reply,
+    Reset,
+    Sentinel,
+    StartTLS,
+)
+from ._router import Router
+from ._server import ServerConnection
+from ._state import ServerState
+
+__all__ = [
+    "Action",
+    "Authenticate",
+    "Call",
+    "CheckRecipient",
+    "Close",
+    "Connect",
+    "Deliver",
+    "Handler",
+    "Policy",
+    "Reject",
+    "Send",
+    "Session",
+    "Spool",
+    "UpgradeToTLS",
+]
+
+log = logging.getLogger("smtpmux.session")
+
+Handler: TypeAlias = Callable[[Envelope], "None | Awaitable[None]"]
+
+R_TOO_MANY_RECIPIENTS = Reply(452, "Too many recipients", "4.5.3")
+R_NO_ROUTE = Reply(550, "No such user here", "5.1.1")
+R_RELAY_DENIED = Reply(550, "Relaying denied", "5.7.1")
+R_AUTH_REQUIRED = Reply(530, "Authentication required", "5.7.0")
+R_AUTH_OK = Reply(235, "Authentication successful", "2.7.0")
+R_AUTH_FAILED = Reply(535, "Authentication credentials invalid", "5.7.8")
+R_HANDLER_FAILED = Reply(451, "Local error in processing, try again later", "4.3.0")
+R_TOO_MANY_ERRORS = Reply(421, "Too many errors, closing connection", "4.7.0")
+R_ACCEPTED = Reply(250, "OK: message accepted", "2.0.0")
+R_TIMEOUT = Reply(421, "Timeout, closing connection", "4.4.2")
+R_SHUTTING_DOWN = Reply(421, "Service shutting down, try again later", "4.3.2")
+_TRANSACTION_STATES = frozenset(
+    {ServerState.MAIL, ServerState.RCPT, ServerState.DATA, ServerState.CHUNKING}
+)
+
+
+class Reject(Exception):
+    """Raised by a handler (or a hook) to refuse with a reply of its choosing."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.text)
+        self.reply = reply
+
+
+# --- actions: what the adapter carries out ---------------------------------------------------
+
+
+class Action:
+    """Something the adapter does for the session."""
+
+
+@attrs.frozen
+class Send(Action):
+    """Write these bytes (all replies of one round, in order)."""
+
+    data: bytes
+
+
+@attrs.frozen
+class UpgradeToTLS(Action):
+    """Start the TLS handshake now; resolve with the TLSInfo, or an exception if it failed."""
+
+
+@attrs.frozen
+class Spool(Action):
+    """Append ``data`` to the spool file; ``start``: begin a new file (drop the last one)."""
+
+    data: bytes
+    start: bool = False
+
+
+@attrs.frozen
+class Close(Action):
+    """Close the connection (after writing any Send that came before)."""
+
+
+class Call(Action):
+    """Call ``function(*args)`` (awaiting it if it is a coroutine) and resolve with its result,
+    or with the exception it raised. One rule covers every hook and handler."""
+
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+
+
+@attrs.frozen
+class Connect(Call):
+    function: Callable[..., Any]
+    args: tuple[SessionInfo]
+
+
+@attrs.frozen
+class Authenticate(Call):
+    function: Callable[..., Any]
+    args: tuple[Credentials, SessionInfo] = attrs.field(repr=lambda a: f"({a[0].username!r}, ...)")
+
+
+@attrs.frozen
+class CheckRecipient(Call):
+    function: Callable[..., Any]
+    args: tuple[SessionInfo, str]
+
+
+@attrs.frozen
+class Deliver(Call):
+    """Call the handler with the envelope. ``spooled``: replace ``content`` by the spool file."""
+
+    function: Callable[..., Any]
+    args: tuple[Envelope]
+    spooled: bool = False
+
+    @property
+    def envelope(self) -> Envelope:
+        return self.args[0]
+
+
+# --- policy ----------------------------------------------------------------------------------
+
+
+@attrs.define
+class Policy:
+    """The decisions a server makes about its clients. Subclass and override the hooks (sync
+    or ``async def``); the limits are plain fields."""
+
+    max_recipients: int | None = 100  #: more RCPTs get 452 4.5.3
+    max_errors: int | None = 20  #: invalid commands before 421 and close
+    spool_threshold: int = 1024 * 1024  #: content beyond this goes to a file
+    auth_required: bool = False  #: MAIL before AUTH gets 530 5.7.0 (submission servers)
+    relay_domains: frozenset[str] | None = None  #: None: any routed address is addressable
+
+    def on_connect(self, info: SessionInfo) -> Reply | None | Awaitable[Reply | None]:
+        """Return a reply to greet with instead of the default 220 (554 refuses service)."""
+        return None
+
+    def authenticate(
+        self, credentials: Credentials, info: SessionInfo
+    ) -> str | None | Awaitable[str | None]:
+        """Return the authenticated identity, or None to refuse. The default lets nobody in."""
+        return None
+
+    def addressable(self, info: SessionInfo, address: str) -> bool | Awaitable[bool]:
+        """May this client send to ``address`` (already known to route)? This is relay control:
+        with ``relay_domains`` set, unauthenticated clients reach only those domains."""
+        if self.relay_domains is None or info.auth_identity is not None:
+            return True
+        domain = address.rpartition("@")[2].lower().rstrip(".")
+        return domain in self.relay_domains
+
+
+# --- the session -----------------------------------------------------------------------------
+
+_Question: TypeAlias = "Action | Sentinel"
+
+
+@attrs.define
+class _Recipient:
+    address: str
+    params: RcptParams
+    handler: Handler
+
+
+class Session:
+    """One connection's conversation. Start with ``start()``; then ``receive_data`` and
+    ``resolve`` each return the next Actions. ``timeout`` is the wait that applies now."""
+
+    def __init__(
+        self,
+        router: Router[Handler],
+        *,
+        clock: Callable[[], datetime],
+        session_id: str,
+        config: ServerConfig | None = None,
+        policy: Policy | None = None,
+        peer: tuple[str, int] | None = None,
+        tls: TLSInfo | None = None,
+        proxy_protocol: bool = False,
+    ) -> None:
+        self.config = config or ServerConfig()
+        self.conn = ServerConnection(self.config, tls=tls is not None, proxy_protocol=proxy_protocol)
+        self.router = router
+        self.policy = policy or Policy()
+        self.info = SessionInfo(session_id, self.config.hostname, peer=peer, tls=tls)
+        self._clock = clock
+        self._out = bytearray()
+        self._waiting: Action | None = None
+        self._transactions = 0
+        self._errors = 0
+        self._conversation = self._converse()
+        self._closed = False
+        self._reset_transaction()
+
+    @property
+    def timeout(self) -> float:
+        return self.conn.timeout
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def start(self) -> list[Action]:
+        """The first Actions: the PROXY header wait, the connect hook, or the greeting."""
+        return self._advance(None)
+
+    def receive_data(self, data: bytes) -> list[Action]:
+        """Feed bytes read from the client (``b""`` at EOF)."""
+        if self._closed:
+            return []
+        if self._waiting is not None:
+            raise RuntimeError("resolve the pending action before feeding more data")
+        self.conn.receive_data(data)
+        return self._advance(None)
+
+    def expire(self) -> list[Action]:
+        """The client kept us waiting past ``timeout``: 421 4.4.2 and close."""
+        return self._abandon(R_TIMEOUT)
+
+    def shut_down(self) -> list[Action]:
+        """The server is stopping: 421 4.3.2 and close (call between transactions)."""
+        return self._abandon(R_SHUTTING_DOWN)
+
+    @property
+    def in_transaction(self) -> bool:
+        """A MAIL transaction is open: a graceful stop lets it finish first."""
+        return self.conn.state in _TRANSACTION_STATES
+
+    def _abandon(self, reply: Reply) -> list[Action]:
+        if self._closed:
+            return []
+        self._closed = True
+        self._waiting = None
+        self._conversation.close()
+        log.info("closing: %s", reply.text, extra=self._log_extra)
+        return [Send(self.conn.send(reply)), Close()]
+
+    def resolve(self, action: Action, result: object) -> list[Action]:
+        """Report the outcome of the Call or UpgradeToTLS ``action``; get the next Actions."""
+        if action is not self._waiting:
+            raise RuntimeError(f"{action!r} is not the action the session waits for")
+        self._waiting = None
+        return self._advance(result)
+
+    def _advance(self, value: object) -> list[Action]:
+        """Run the conversation until it needs bytes or an answer; spooling needs neither."""
+        actions: list[Action] = []
+        while True:
+            try:
+                question = self._conversation.send(value)
+            except StopIteration:
+                question = Close()
+            value = None
+            if not isinstance(question, Spool):
+                break
+            actions.append(question)
+        if self._out:
+            actions.append(Send(bytes(self._out)))
+            self._out.clear()
+        if isinstance(question, Action):
+            actions.append(question)
+            if isinstance(question, Close):
+                self._closed = True
+            else:
+                self._waiting = question
+        return actions
+
+    # --- the conversation ----------------------------------------------------------------
+
+    def _reply(self, reply: Reply) -> None:
+        self._out += self.conn.send(reply)
+
+    def _converse(self) -> Generator[_Question, object, None]:
+        if self.conn.state is ServerState.PROXY:
+            header = yield from self._next_event()
+            if not isinstance(header, ProxyHeader):
+                return
+            self._proxy(header)
+        greeting = yield Connect(self.policy.on_connect, (self.info,))
+        if not isinstance(greeting, Reply):
+            if isinstance(greeting, BaseException):
+                log.error("on_connect hook failed", exc_info=greeting, extra=self._log_extra)
+            greeting = Reply(220, f"{self.config.hostname} ESMTP smtpmux")
+        self._reply(greeting)
+        if greeting.code != 220 and greeting.code != 554:
+            return
+        while True:
+            event = yield from self._next_event()
+            if isinstance(event, ConnectionClosed):
+                return
+            yield from self._handle(event)
+            if self.conn.state is ServerState.CLOSED:
+                return
+
+    def _next_event(self) -> Generator[_Question, object, Event]:
+        while True:
+            try:
+                event = self.conn.next_event()
+            except RemoteProtocolError as exc:
+                log.info("protocol error: %s", exc, extra=self._log_extra)
+                if exc.reply_hint is not None:
+                    self._out += self.conn.send(exc.reply_hint)
+                return ConnectionClosed()
+            if event is NEED_DATA:
+                yield NEED_DATA
+                continue
+            assert not isinstance(event, type(NEED_DATA)), "the session answers every event"
+            return event
+
+    def _handle(self, event: Event) -> Generator[_Question, object, None]:
+        if isinstance(event, DataChunk):
+            yield from self._collect(event.data)
+        elif isinstance(event, Hello):
+            self._reply(event.default_reply)
+            if self.conn.hello is event:
+                self.info = attrs.evolve(
+                    self.info, helo=event.name, extended=event.extended, lmtp=event.lmtp
+                )
+                self._reset_transaction()
+        elif isinstance(event, MailFrom):
+            self._mail_from(event)
+        elif isinstance(event, RcptTo):
+            yield from self._rcpt_to(event)
+        elif isinstance(event, (EndOfData, BdatChunk)):
+            yield from self._end_of_data(event)
+        elif isinstance(event, AuthCredentials):
+            yield from self._authenticate(event)
+        elif isinstance(event, StartTLS):
+            yield from self._start_tls(event)
+        elif isinstance(event, InvalidCommand):
+            self._invalid(event)
+        elif isinstance(event, Reset):
+            self._reply(event.default_reply)
+            self._reset_transaction()
+        elif isinstance(event, (ProxyHeader, ConnectionClosed)):
+            raise AssertionError(f"{event!r} is handled by the conversation itself")
+        else:  # StartData, Noop, Verify, Expand, Help, AuthChallenge, Quit
+            self._reply(event.default_reply)
+
+    def _mail_from(self, event: MailFrom) -> None:
+        if self.policy.auth_required and not self.conn.authenticated:
+            self._reply(R_AUTH_REQUIRED)
+            return
+        self._reply(event.default_reply)
+        self._reset_transaction()
+        self._mail = event
+
+    def _rcpt_to(self, event: RcptTo) -> Generator[_Question, object, None]:
+        limit = self.policy.max_recipients
+        if limit is not None and len(self._recipients) >= limit:
+            self._reply(R_TOO_MANY_RECIPIENTS)
+            return
+        handler = self.router.route(event.address)
+        if handler is None:
+            self._reply(R_NO_ROUTE)
+            return
+        allowed = yield CheckRecipient(self.policy.addressable, (self.info, event.address))
+        if isinstance(allowed, Reject):
+            self._reply(allowed.reply)
+            return
+        if allowed is not True:
+            if isinstance(allowed, BaseException):
+                log.error("addressable hook failed", exc_info=allowed, extra=self._log_extra)
+                self._reply(R_HANDLER_FAILED)
+            else:
+                self._reply(R_RELAY_DENIED)
+            return
+        self._reply(event.default_reply)
+        self._recipients.append(_Recipient(event.address, event.params, handler))
+
+    def _collect(self, data: bytes) -> Generator[_Question, object, None]:
+        if self._spooled:
+            yield Spool(data)
+            return
+        self._content.append(data)
+        self._size += len(data)
+        if self._size > self.policy.spool_threshold:
+            self._spooled = True
+            yield Spool(b"".join(self._content), start=True)
+            self._content.clear()
+
+    def _end_of_data(self, event: EndOfData | BdatChunk) -> Generator[_Question, object, None]:
+        if isinstance(event, BdatChunk) and not event.last:
+            self._reply(event.default_reply)  # one reply per chunk, LMTP too
+            if event.reject is not None:
+                self._reset_transaction()
+            return
+        replies = [event.reject] * len(self._recipients) if event.reject else None
+        if replies is None:
+            replies = yield from self._deliver()
+        if self.info.lmtp:
+            for reply in replies:
+                self._reply(reply)
+        else:
+            self._reply(_combined(replies))
+        self._reset_transaction()
+
+    def _deliver(self) -> Generator[_Question, object, list[Reply]]:
+        """Call each handler once with its recipients; one reply per recipient, in order."""
+        assert self._mail is not None
+        self._transactions += 1
+        groups: dict[int, list[int]] = {}
+        for index, recipient in enumerate(self._recipients):
+            groups.setdefault(id(recipient.handler), []).append(index)
+        content: bytes = b"" if self._spooled else b"".join(self._content)
+        replies: list[Reply] = [R_ACCEPTED] * len(self._recipients)
+        received_at = self._clock()
+        for indexes in groups.values():
+            chosen = [self._recipients[i] for i in indexes]
+            envelope = Envelope(
+                mail_from=self._mail.address,
+                rcpt_tos=tuple(r.address for r in chosen),
+                content=content,
+                mail_params=self._mail.params,
+                rcpt_params=tuple(r.params for r in chosen),
+                session=self.info,
+                received_at=received_at,
+                transaction_id=f"{self.info.session_id}.{self._transactions}",
+            )
+            outcome = yield Deliver(chosen[0].handler, (envelope,), spooled=self._spooled)
+            reply = self._outcome(outcome, envelope)
+            for i in indexes:
+                replies[i] = reply
+        return replies
+
+    def _outcome(self, outcome: object, envelope: Envelope) -> Reply:
+        extra = self._log_extra
+        if isinstance(outcome, Reject):
+            log.info("handler refused %s: %s", envelope.rcpt_tos, outcome.reply, extra=extra)
+            return outcome.reply
+        if isinstance(outcome, BaseException):
+            log.error("handler failed for %s", envelope.rcpt_tos, exc_info=outcome, extra=extra)
+            return R_HANDLER_FAILED
+        log.info("delivered from <%s> to %s", envelope.mail_from, envelope.rcpt_tos, extra=extra)
+        return R_ACCEPTED
+
+    def _authenticate(self, event: AuthCredentials) -> Generator[_Question, object, None]:
+        identity = yield Authenticate(self.policy.authenticate, (event.credentials, self.info))
+        if isinstance(identity, str):
+            self._reply(R_AUTH_OK)
+            self.info = attrs.evolve(self.info, auth_identity=identity)
+            log.info("authenticated as %s", identity, extra=self._log_extra)
+            return
+        if isinstance(identity, Reject):
+            self._reply(identity.reply)
+        elif isinstance(identity, BaseException):
+            log.error("authenticate hook failed", exc_info=identity, extra=self._log_extra)
+            self._reply(Reply(454, "Temporary authentication failure", "4.7.0"))
+        else:
+            self._reply(R_AUTH_FAILED)
+        log.info("authentication failed for %r", event.credentials.username, extra=self._log_extra)
+
+    def _start_tls(self, event: StartTLS) -> Generator[_Question, object, None]:
+        self._reply(event.default_reply)
+        tls = yield UpgradeToTLS()
+        if not isinstance(tls, TLSInfo):
+            log.info("TLS handshake failed: %s", tls, extra=self._log_extra)
+            yield Close()
+            return
+        self.info = attrs.evolve(self.info, tls=tls, helo=None, auth_identity=None)
+        self._reset_transaction()
+
+    def _invalid(self, event: InvalidCommand) -> None:
+        self._errors += 1
+        limit = self.policy.max_errors
+        if limit is not None and self._errors > limit:
+            self._reply(R_TOO_MANY_ERRORS)
+            return
+        self._reply(event.default_reply)
+
+    def _proxy(self, header: ProxyHeader) -> None:
+        peer = header.source if header.command == "PROXY" else self.info.peer
+        self.info = attrs.evolve(self.info, proxy=header, peer=peer)
+
+    def _reset_transaction(self) -> None:
+        self._mail: MailFrom | None = None
+        self._recipients: list[_Recipient] = []
+        self._content: list[bytes] = []
+        self._size = 0
+        self._spooled = False
+
+    @property
+    def _log_extra(self) -> dict[str, Any]:
+        return {"session_id": self.info.session_id}
+
+
+def _combined(replies: list[Reply]) -> Reply:
+    """SMTP has one reply for all recipients: success only if every handler accepted."""
+    failures = [r for r in replies if r.code >= 400]
+    if not failures:
+        return replies[0] if replies else R_ACCEPTED
+    transient = [r for r in failures if r.code < 500]
+    return transient[0] if transient else failures[0]
+

@@ -1,0 +1,166 @@
+"""Play ``C:``/``S:`` scripts against a Session: a test kit for your own handlers and policies.
+
+    C: EHLO client.example
+    S: 250*
+    C: MAIL FROM:<alice@example.org>
+    S: 250 2.1.0 *
+
+``C:`` lines are sent with CRLF; each ``S:`` line is matched (shell-style wildcards, via
+fnmatch) against the last line of the next complete reply. Lines starting with ``#`` and blank
+lines are ignored; ``C:`` alone sends an empty line. Handlers and hooks run in the caller's
+thread; ``async def`` ones work as long as they await nothing that needs an event loop.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import itertools
+from collections.abc import Awaitable, Coroutine
+from datetime import datetime, timezone
+from typing import Any, BinaryIO
+
+import attrs
+
+from ._config import ServerConfig
+from ._envelope import Envelope, TLSInfo
+from ._router import Router
+from ._session import (
+    Action,
+    Call,
+    Close,
+    Deliver,
+    Handler,
+    Policy,
+    Send,
+    Session,
+    Spool,
+    UpgradeToTLS,
+)
+
+__all__ = ["TranscriptError", "TranscriptResult", "run_transcript"]
+
+FIXED_TIME = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+class TranscriptError(AssertionError):
+    """The server said something other than the script expected."""
+
+
+@attrs.define
+class TranscriptResult:
+    replies: list[str] = attrs.Factory(list)  #: every reply, lines joined with "\n"
+    deliveries: list[Envelope] = attrs.Factory(list)  #: what each handler call received
+    closed: bool = False
+
+
+def _finish(value: object) -> object:
+    """Run a coroutine that awaits nothing to completion, without an event loop."""
+    if not isinstance(value, Coroutine):
+        if isinstance(value, Awaitable):
+            raise TypeError("transcripts run coroutines only, not other awaitables")
+        return value
+    try:
+        value.send(None)
+    except StopIteration as stop:
+        return stop.value
+    value.close()
+    raise TypeError("this coroutine awaits something that needs an event loop")
+
+
+class _Player:
+    def __init__(self, session: Session, result: TranscriptResult) -> None:
+        self.session = session
+        self.result = result
+        self.output = bytearray()
+        self.spool: BinaryIO | None = None
+
+    def run(self, actions: list[Action]) -> None:
+        queue = list(actions)
+        while queue:
+            action = queue.pop(0)
+            if isinstance(action, Send):
+                self.output += action.data
+            elif isinstance(action, Spool):
+                self.spool = self.spool or io.BytesIO()
+                self.spool.write(action.data)
+            elif isinstance(action, Close):
+                self.result.closed = True
+            elif isinstance(action, UpgradeToTLS):
+                queue[:0] = self.session.resolve(action, TLSInfo("TLSv1.3", "TRANSCRIPT"))
+            elif isinstance(action, Call):
+                queue[:0] = self.session.resolve(action, self.call(action))
+
+    def call(self, action: Call) -> object:
+        args: tuple[Any, ...] = action.args
+        if isinstance(action, Deliver):
+            envelope = action.envelope
+            if action.spooled:
+                assert self.spool is not None
+                self.spool.seek(0)
+                envelope = attrs.evolve(envelope, content=self.spool)
+            self.result.deliveries.append(envelope)
+            args = (envelope,)
+        try:
+            return _finish(action.function(*args))
+        except Exception as exc:  # the session turns it into 451 (or the Reject's reply)
+            return exc
+
+    def next_reply(self) -> str | None:
+        lines = []
+        start = 0
+        while True:
+            end = self.output.find(b"\r\n", start)
+            if end < 0:
+                return None
+            line = self.output[start:end].decode("utf-8", "replace")
+            lines.append(line)
+            start = end + 2
+            if line[3:4] != "-":
+                del self.output[:start]
+                return "\n".join(lines)
+
+
+def run_transcript(
+    script: str,
+    router: Router[Handler],
+    *,
+    config: ServerConfig | None = None,
+    policy: Policy | None = None,
+    tls: TLSInfo | None = None,
+    peer: tuple[str, int] = ("192.0.2.1", 40000),
+    clock: Any = lambda: FIXED_TIME,
+) -> TranscriptResult:
+    """Play ``script`` against a fresh Session; raise TranscriptError at the first mismatch."""
+    result = TranscriptResult()
+    counter = itertools.count(1)
+    session = Session(
+        router, clock=clock, session_id=f"T{next(counter)}", config=config, policy=policy,
+        peer=peer, tls=tls,
+    )
+    player = _Player(session, result)
+    player.run(session.start())
+    for number, raw in enumerate(script.splitlines(), 1):
+        line = raw.strip(" ") if raw.startswith(" ") else raw
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        side, _, text = line.lstrip().partition(":")
+        text = text[1:] if text.startswith(" ") else text
+        if side == "C":
+            if result.closed:
+                raise TranscriptError(f"line {number}: the server closed the connection")
+            player.run(session.receive_data(text.encode("utf-8") + b"\r\n"))
+        elif side == "S":
+            reply = player.next_reply()
+            if reply is None:
+                raise TranscriptError(f"line {number}: expected {text!r}, the server said nothing")
+            result.replies.append(reply)
+            last = reply.rsplit("\n", 1)[-1]
+            if not fnmatch.fnmatchcase(last, text):
+                raise TranscriptError(f"line {number}: expected {text!r}, got {last!r}")
+        else:
+            raise TranscriptError(f"line {number}: lines start with 'C:' or 'S:', not {raw!r}")
+    leftover = player.next_reply()
+    if leftover is not None:
+        raise TranscriptError(f"the server said more than the script expects: {leftover!r}")
+    return result

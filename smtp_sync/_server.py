@@ -1,0 +1,246 @@
+"""The blocking server: Sessions over plain sockets, one thread per connection, bounded.
+
+Like smtp_anyio, it only carries out the Session's Actions; no SMTP logic lives here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import ssl
+import threading
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from smtp_core import (
+    Action,
+    Call,
+    Close,
+    Deliver,
+    Handler,
+    Policy,
+    Router,
+    Send,
+    ServerConfig,
+    Session,
+    Spool,
+    TLSInfo,
+    UpgradeToTLS,
+)
+
+from ._spool import SpoolFile, call_arguments, utc_now
+
+__all__ = ["Server"]
+
+log = logging.getLogger("smtpmux.server")
+_ids = itertools.count(1)
+_REFUSE_FULL = b"421 4.7.0 Too many connections, try again later\r\n"
+_READ_SIZE = 256 * 1024
+
+
+def _tls_info(sock: ssl.SSLSocket) -> TLSInfo:
+    cipher = sock.cipher()
+    return TLSInfo(sock.version(), cipher[0] if cipher else None, sock.getpeercert() or None)
+
+
+@attrs.define(eq=False)
+class Server:
+    """A blocking SMTP server. ``serve_forever()`` in the calling thread, or
+    ``with Server(router, port=0) as server:`` to run it in a background thread (tests)."""
+
+    router: Router[Handler]
+    host: str = "127.0.0.1"
+    port: int = 8025
+    config: ServerConfig = attrs.Factory(ServerConfig)
+    policy: Policy = attrs.Factory(Policy)
+    ssl_context: ssl.SSLContext | None = None
+    implicit_tls: bool = False
+    proxy_protocol_from: frozenset[str] = frozenset()
+    max_connections: int = 200  #: threads cost ~28 KiB each; an event loop scales further
+    shutdown_timeout: float = 30.0
+    clock: Callable[[], datetime] = utc_now
+    _listener: socket.socket | None = attrs.field(init=False, default=None)
+    _sessions: dict[Session, socket.socket] = attrs.field(init=False, factory=dict)
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _stopping: threading.Event = attrs.field(init=False, factory=threading.Event)
+    _thread: threading.Thread | None = attrs.field(init=False, default=None)
+    _workers: set[threading.Thread] = attrs.field(init=False, factory=set)
+
+    def __attrs_post_init__(self) -> None:
+        if self.ssl_context is not None and not self.implicit_tls and not self.config.starttls:
+            self.config = attrs.evolve(self.config, starttls=True)
+
+    def bind(self) -> None:
+        """Open the listening socket (``port`` becomes the bound port)."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, self.port))
+        listener.listen(512)
+        listener.settimeout(0.2)  # so serve_forever notices stop()
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        log.info("listening on %s:%d", self.host, self.port)
+
+    def serve_forever(self) -> None:
+        if self._listener is None:
+            self.bind()
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                sock, address = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    break
+                raise
+            worker = threading.Thread(target=self._guarded, args=(sock, address), daemon=True)
+            with self._lock:
+                self._workers.add(worker)
+            worker.start()
+
+    def __enter__(self) -> Server:
+        self.bind()
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop accepting; open transactions get ``shutdown_timeout``; others get 421."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            idle = [sock for session, sock in self._sessions.items() if not session.in_transaction]
+        for sock in idle:  # wake their blocking reads; the worker sends 421 4.3.2
+            _wake(sock)
+        with self._lock:
+            workers = list(self._workers)
+        deadline = threading.Event()
+        timer = threading.Timer(self.shutdown_timeout, deadline.set)
+        timer.start()
+        for worker in workers:
+            while worker.is_alive() and not deadline.is_set():
+                worker.join(0.05)
+        timer.cancel()
+        with self._lock:
+            for sock in self._sessions.values():
+                _wake(sock)
+
+    def _guarded(self, sock: socket.socket, address: Any) -> None:
+        try:
+            self._connection(sock, address)
+        except Exception:
+            log.exception("connection failed")
+        finally:
+            sock.close()
+            with self._lock:
+                self._workers.discard(threading.current_thread())
+
+    def _connection(self, sock: socket.socket, address: Any) -> None:
+        with self._lock:
+            full = len(self._sessions) >= self.max_connections or self._stopping.is_set()
+        if full:
+            sock.settimeout(5)
+            sock.sendall(_REFUSE_FULL)
+            return
+        peer = (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
+        tls = None
+        if self.implicit_tls:
+            sock = self._handshake(sock)
+            tls = _tls_info(sock)  # type: ignore[arg-type]
+        session = Session(
+            self.router,
+            clock=self.clock,
+            session_id=f"{os.getpid():x}{next(_ids):06x}",
+            config=self.config,
+            policy=self.policy,
+            peer=peer,
+            tls=tls,
+            proxy_protocol=peer is not None and peer[0] in self.proxy_protocol_from,
+        )
+        with self._lock:
+            self._sessions[session] = sock
+        spool = SpoolFile()
+        try:
+            self._run(session, sock, spool)
+        finally:
+            spool.close()
+            with self._lock:
+                self._sessions.pop(session, None)
+
+    def _handshake(self, sock: socket.socket) -> ssl.SSLSocket:
+        assert self.ssl_context is not None
+        sock.settimeout(self.config.command_timeout)
+        return self.ssl_context.wrap_socket(sock, server_side=True)
+
+    def _run(self, session: Session, sock: socket.socket, spool: SpoolFile) -> None:
+        actions: deque[Action] = deque(session.start())
+        while True:
+            while actions:
+                action = actions.popleft()
+                if isinstance(action, Send):
+                    sock.sendall(action.data)
+                elif isinstance(action, Spool):
+                    spool.write(action)
+                elif isinstance(action, Close):
+                    return
+                elif isinstance(action, UpgradeToTLS):
+                    try:
+                        sock = self._handshake(sock)
+                        outcome: object = _tls_info(sock)  # type: ignore[arg-type]
+                        with self._lock:
+                            self._sessions[session] = sock
+                    except (OSError, ssl.SSLError) as exc:
+                        outcome = exc
+                    actions.extend(session.resolve(action, outcome))
+                elif isinstance(action, Call):
+                    actions.extend(session.resolve(action, _call(action, spool)))
+            if self._stopping.is_set() and not session.in_transaction:
+                actions.extend(session.shut_down())
+                continue
+            sock.settimeout(session.timeout)
+            try:
+                data = sock.recv(_READ_SIZE)
+            except TimeoutError:
+                actions.extend(session.expire())
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    actions.extend(session.shut_down())
+                    continue
+                data = b""
+            actions.extend(session.receive_data(data))
+
+
+def _call(action: Call, spool: SpoolFile) -> object:
+    try:
+        result = action.function(*call_arguments(action, spool))
+    except Exception as exc:
+        return exc
+    if hasattr(result, "__await__"):
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+        return TypeError("smtp_sync calls handlers and hooks synchronously; use smtp_anyio for async")
+    return result
+
+
+def _wake(sock: socket.socket) -> None:
+    """Make a thread blocked in recv() on ``sock`` return."""
+    try:
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass

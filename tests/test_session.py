@@ -1,0 +1,289 @@
+"""The Session and the Router together, through transcripts: routing, relay, auth, limits,
+handler refusal and crash, LMTP, fan-out, spooling."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from smtp_core import (
+    Credentials,
+    Envelope,
+    LoginMechanism,
+    PlainMechanism,
+    Policy,
+    Reject,
+    Reply,
+    Router,
+    ServerConfig,
+    SessionInfo,
+    TranscriptError,
+    run_transcript,
+)
+
+
+class Mailbox:
+    """A handler that keeps what it gets."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.envelopes: list[Envelope] = []
+
+    def __call__(self, envelope: Envelope) -> None:
+        self.envelopes.append(envelope)
+
+    def __repr__(self) -> str:
+        return f"Mailbox({self.name})"
+
+
+def refusing(envelope: Envelope) -> None:
+    raise Reject(Reply(550, "Mailbox disabled", "5.2.1"))
+
+
+def crashing(envelope: Envelope) -> None:
+    raise RuntimeError("disk on fire")
+
+
+@pytest.fixture
+def boxes() -> dict[str, Mailbox]:
+    return {name: Mailbox(name) for name in ("bob", "sales", "catchall", "example")}
+
+
+@pytest.fixture
+def router(boxes: dict[str, Mailbox]) -> Router[Any]:
+    router: Router[Any] = Router()
+    router.add("bob@example.com", boxes["bob"])
+    router.add("*@example.com", boxes["example"])
+    router.add("sales@*", boxes["sales"])
+    router.add("refuse@example.org", refusing)
+    router.add("crash@example.org", crashing)
+    return router
+
+
+SEND = """
+S: 220 *
+C: EHLO client.example
+S: 250 *
+C: MAIL FROM:<alice@client.example>
+S: 250 2.1.0 *
+"""
+DATA = """
+C: DATA
+S: 354 *
+C: Subject: hi
+C:
+C: hello
+C: .
+"""
+
+
+def test_routing_and_fan_out(router: Router[Any], boxes: dict[str, Mailbox]) -> None:
+    script = SEND + """
+C: RCPT TO:<bob@example.com>
+S: 250 2.1.5 *
+C: RCPT TO:<carol@example.com>
+S: 250 2.1.5 *
+C: RCPT TO:<sales@elsewhere.net>
+S: 250 2.1.5 *
+C: RCPT TO:<nobody@elsewhere.net>
+S: 550 5.1.1 *
+""" + DATA + """
+S: 250 2.0.0 *
+C: QUIT
+S: 221 *
+"""
+    result = run_transcript(script, router)
+    assert result.closed
+    assert [e.rcpt_tos for e in boxes["bob"].envelopes] == [("bob@example.com",)]
+    assert [e.rcpt_tos for e in boxes["example"].envelopes] == [("carol@example.com",)]
+    assert [e.rcpt_tos for e in boxes["sales"].envelopes] == [("sales@elsewhere.net",)]
+    envelope = boxes["bob"].envelopes[0]
+    assert envelope.as_bytes() == b"Subject: hi\r\n\r\nhello\r\n"
+    assert envelope.mail_from == "alice@client.example" and envelope.helo == "client.example"
+    assert envelope.peer == ("192.0.2.1", 40000)
+
+
+def test_received_header(router: Router[Any], boxes: dict[str, Mailbox]) -> None:
+    run_transcript(SEND + "C: RCPT TO:<bob@example.com>\nS: 250*\n" + DATA + "S: 250*\n", router,
+                   config=ServerConfig(hostname="mx.example.com"))
+    header = boxes["bob"].envelopes[0].received_header()
+    assert header == (
+        b"Received: from client.example ([192.0.2.1]) by mx.example.com (smtpmux)\r\n"
+        b"\twith ESMTP id T1.1 for <bob@example.com>; Thu, 01 Jan 2026 12:00:00 +0000\r\n"
+    )
+
+
+def test_relay_denied_for_unauthenticated(router: Router[Any]) -> None:
+    router.add("*@*", Mailbox("relay"))
+    policy = Policy(relay_domains=frozenset({"example.com"}))
+    run_transcript(SEND + """
+C: RCPT TO:<someone@example.com>
+S: 250 2.1.5 *
+C: RCPT TO:<someone@gmail.example>
+S: 550 5.7.1 Relaying denied
+""", router, policy=policy)
+
+
+class Accounts(Policy):
+    def authenticate(self, credentials: Credentials, info: SessionInfo) -> str | None:
+        if (credentials.username, credentials.password) == ("alice", "s3cret"):
+            return "alice"
+        return None
+
+
+AUTH_CONFIG = ServerConfig(auth_mechanisms=(PlainMechanism, LoginMechanism))
+GOOD = base64.b64encode(b"\0alice\0s3cret").decode()
+BAD = base64.b64encode(b"\0alice\0guess").decode()
+
+
+def test_authenticated_client_may_relay(router: Router[Any]) -> None:
+    relay = Mailbox("relay")
+    router.add("*@*", relay)
+    policy = Accounts(relay_domains=frozenset({"example.com"}))
+    from smtp_core import TLSInfo
+
+    result = run_transcript(f"""
+S: 220 *
+C: EHLO c
+S: 250 *
+C: AUTH PLAIN {BAD}
+S: 535 5.7.8 *
+C: AUTH PLAIN {GOOD}
+S: 235 2.7.0 *
+C: MAIL FROM:<alice@example.com>
+S: 250 *
+C: RCPT TO:<friend@gmail.example>
+S: 250 2.1.5 *
+""" + DATA + "S: 250 2.0.0 *\n", router, policy=policy, config=AUTH_CONFIG,
+                            tls=TLSInfo("TLSv1.3", "X"))
+    envelope = result.deliveries[0]
+    assert envelope.auth_identity == "alice"
+    assert envelope.protocol() == "ESMTPSA"
+
+
+def test_auth_required_before_mail(router: Router[Any]) -> None:
+    run_transcript("""
+S: 220 *
+C: EHLO c
+S: 250 *
+C: MAIL FROM:<a@b.example>
+S: 530 5.7.0 *
+""", router, policy=Policy(auth_required=True))
+
+
+def test_auth_login_over_plaintext_refused(router: Router[Any]) -> None:
+    run_transcript("""
+S: 220 *
+C: EHLO c
+S: 250 *
+C: AUTH LOGIN
+S: 538 5.7.11 *
+""", router, config=AUTH_CONFIG, policy=Accounts())
+
+
+def test_max_recipients(router: Router[Any]) -> None:
+    run_transcript(SEND + """
+C: RCPT TO:<a@example.com>
+S: 250 *
+C: RCPT TO:<b@example.com>
+S: 250 *
+C: RCPT TO:<c@example.com>
+S: 452 4.5.3 *
+""", router, policy=Policy(max_recipients=2))
+
+
+def test_handler_rejection(router: Router[Any]) -> None:
+    run_transcript(SEND + "C: RCPT TO:<refuse@example.org>\nS: 250*\n" + DATA
+                   + "S: 550 5.2.1 Mailbox disabled\nC: NOOP\nS: 250*\n", router)
+
+
+def test_handler_crash_gives_451_and_session_goes_on(
+    router: Router[Any], boxes: dict[str, Mailbox]
+) -> None:
+    run_transcript(SEND + "C: RCPT TO:<crash@example.org>\nS: 250*\n" + DATA
+                   + "S: 451 4.3.0 *\n" + "C: MAIL FROM:<a@b.example>\nS: 250*\n"
+                   + "C: RCPT TO:<bob@example.com>\nS: 250*\n" + DATA + "S: 250 2.0.0*\n", router)
+    assert len(boxes["bob"].envelopes) == 1
+
+
+def test_one_failing_handler_fails_the_smtp_transaction(
+    router: Router[Any], boxes: dict[str, Mailbox]
+) -> None:
+    run_transcript(SEND + "C: RCPT TO:<bob@example.com>\nS: 250*\n"
+                   + "C: RCPT TO:<crash@example.org>\nS: 250*\n" + DATA + "S: 451 4.3.0 *\n",
+                   router)
+
+
+def test_lmtp_one_reply_per_recipient(router: Router[Any], boxes: dict[str, Mailbox]) -> None:
+    result = run_transcript("""
+S: 220 *
+C: LHLO c
+S: 250 *
+C: MAIL FROM:<a@b.example>
+S: 250 *
+C: RCPT TO:<bob@example.com>
+S: 250 *
+C: RCPT TO:<refuse@example.org>
+S: 250 *
+C: RCPT TO:<sales@x.example>
+S: 250 *
+""" + DATA + """
+S: 250 2.0.0 *
+S: 550 5.2.1 *
+S: 250 2.0.0 *
+""", router, config=ServerConfig(lmtp=True))
+    assert len(result.deliveries) == 3
+    assert boxes["bob"].envelopes[0].protocol() == "LMTP"
+
+
+def test_too_many_errors_closes(router: Router[Any]) -> None:
+    result = run_transcript("S: 220 *\n" + "C: FROB\nS: 500 5.5.1 *\n" * 3
+                            + "C: FROB\nS: 421 4.7.0 *\n", router, policy=Policy(max_errors=3))
+    assert result.closed
+
+
+def test_on_connect_can_refuse(router: Router[Any]) -> None:
+    class Blocklist(Policy):
+        def on_connect(self, info: SessionInfo) -> Reply | None:
+            return Reply(554, "Not welcome", "5.7.1")
+
+    run_transcript("S: 554 5.7.1 Not welcome\nC: EHLO c\nS: 503 *\nC: QUIT\nS: 221 *\n",
+                   router, policy=Blocklist())
+
+
+def test_async_handler_runs(router: Router[Any]) -> None:
+    seen = []
+
+    async def handler(envelope: Envelope) -> None:
+        seen.append(envelope.rcpt_tos)
+
+    router.add("async@example.org", handler)
+    run_transcript(SEND + "C: RCPT TO:<async@example.org>\nS: 250*\n" + DATA + "S: 250*\n",
+                   router)
+    assert seen == [("async@example.org",)]
+
+
+def test_large_message_is_spooled(router: Router[Any], boxes: dict[str, Mailbox]) -> None:
+    body = "".join(f"C: line {i} " + "x" * 60 + "\n" for i in range(200))
+    run_transcript(SEND + "C: RCPT TO:<bob@example.com>\nS: 250*\n" + "C: DATA\nS: 354*\n"
+                   + body + "C: .\nS: 250 2.0.0 *\n", router, policy=Policy(spool_threshold=1000))
+    envelope = boxes["bob"].envelopes[0]
+    assert not isinstance(envelope.content, bytes)
+    data = envelope.as_bytes()
+    assert data.count(b"\r\n") == 200 and data.startswith(b"line 0 ")
+
+
+def test_rset_forgets_recipients(router: Router[Any], boxes: dict[str, Mailbox]) -> None:
+    run_transcript(SEND + "C: RCPT TO:<bob@example.com>\nS: 250*\nC: RSET\nS: 250*\n"
+                   + "C: MAIL FROM:<a@b.example>\nS: 250*\nC: RCPT TO:<sales@x.example>\nS: 250*\n"
+                   + DATA + "S: 250*\n", router)
+    assert boxes["bob"].envelopes == [] and len(boxes["sales"].envelopes) == 1
+
+
+def test_transcript_mismatch_is_reported(router: Router[Any]) -> None:
+    with pytest.raises(TranscriptError, match="line 2"):
+        run_transcript("S: 220 *\nS: 250 *\n", router)
+    with pytest.raises(TranscriptError, match="expected '550"):
+        run_transcript(SEND + "C: RCPT TO:<bob@example.com>\nS: 550 *\n", router)
