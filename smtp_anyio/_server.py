@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 import attrs
-from anyio.abc import ByteStream, SocketAttribute, TaskStatus
+from anyio.abc import ByteStream, Listener, SocketAttribute, TaskStatus
 from anyio.streams.tls import TLSAttribute, TLSStream
 
 from smtp_core import (
@@ -94,7 +94,8 @@ class Server:
         self.port = self._listener.extra(SocketAttribute.local_port)
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        self._task_group.start_soon(self._accept)
+        for listener in self._listener.listeners:
+            self._task_group.start_soon(self._accept, listener)
         log.info("listening on %s:%d", self.host, self.port)
         return self
 
@@ -120,11 +121,13 @@ class Server:
             task_status.started(self.port)
             await anyio.sleep_forever()
 
-    async def _accept(self) -> None:
-        try:
-            await self._listener.serve(self._guarded, task_group=self._task_group)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
+    async def _accept(self, listener: Listener[ByteStream]) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+            self._task_group.start_soon(self._guarded, stream)
 
     async def _guarded(self, stream: ByteStream) -> None:
         try:
@@ -176,7 +179,10 @@ class Server:
             while actions:
                 action = actions.popleft()
                 if isinstance(action, Send):
-                    await stream.send(action.data)
+                    try:
+                        await stream.send(action.data)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                        return  # the client is gone; nothing accepted is pending
                 elif isinstance(action, Spool):
                     spool.write(action)
                 elif isinstance(action, Close):

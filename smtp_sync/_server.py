@@ -192,7 +192,10 @@ class Server:
             while actions:
                 action = actions.popleft()
                 if isinstance(action, Send):
-                    sock.sendall(action.data)
+                    try:
+                        sock.sendall(action.data)
+                    except OSError:  # the client is gone; nothing accepted is pending
+                        return
                 elif isinstance(action, Spool):
                     spool.write(action)
                 elif isinstance(action, Close):
@@ -222,6 +225,9 @@ class Server:
                     actions.extend(session.shut_down())
                     continue
                 data = b""
+            if not data and self._stopping.is_set():  # stop() shut our read side: say 421
+                actions.extend(session.shut_down())
+                continue
             actions.extend(session.receive_data(data))
 
 
