@@ -1,4 +1,4 @@
-"""The ``smtpmux`` command line: ``serve`` (zero configuration works), ``send``, ``hash-password``."""
+"""The ``smtpmux`` command line: ``serve`` (works with no options), ``send``, ``hash-password``."""
 
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ def _size(text: str) -> int:
     units = {"k": 1024, "m": 1024**2, "g": 1024**3}
     number, unit = (text[:-1], text[-1].lower()) if text[-1:].lower() in units else (text, "")
     if not number.isdigit() or int(number) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a size like 10485760, 10M or 512K, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a size like 10485760, 10M or 512K, got {text!r}"
+        )
     return int(number) * units.get(unit, 1)
 
 
@@ -68,38 +70,91 @@ def _seconds(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="smtpmux", description="SMTP server and client toolkit")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    serve = commands.add_parser("serve", help="run an SMTP server (default: 127.0.0.1:8025 -> ./mail)")
-    serve.add_argument("--listen", action="append", type=_host_port, metavar="HOST:PORT",
-                       help="plain SMTP listener with STARTTLS when a certificate is given "
-                       "(repeatable; default 127.0.0.1:8025)")
-    serve.add_argument("--tls-listen", action="append", type=_host_port, default=[],
-                       metavar="HOST:PORT", help="implicit-TLS listener, RFC 8314 (repeatable)")
+    serve = commands.add_parser(
+        "serve", help="run an SMTP server (default: 127.0.0.1:8025 -> ./mail)"
+    )
+    serve.add_argument(
+        "--listen",
+        action="append",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="plain SMTP listener with STARTTLS when a certificate is given "
+        "(repeatable; default 127.0.0.1:8025)",
+    )
+    serve.add_argument(
+        "--tls-listen",
+        action="append",
+        type=_host_port,
+        default=[],
+        metavar="HOST:PORT",
+        help="implicit-TLS listener, RFC 8314 (repeatable)",
+    )
     serve.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain")
     serve.add_argument("--tls-key", metavar="FILE", help="PEM private key (default: in --tls-cert)")
     store = serve.add_mutually_exclusive_group()
-    store.add_argument("--maildir", metavar="DIR", help="deliver into this Maildir (default ./mail)")
+    store.add_argument(
+        "--maildir", metavar="DIR", help="deliver into this Maildir (default ./mail)"
+    )
     store.add_argument("--eml-dir", metavar="DIR", help="write each message to DIR/<id>.eml")
     store.add_argument("--discard", action="store_true", help="accept and discard every message")
-    serve.add_argument("--auth-file", metavar="FILE",
-                       help="enable AUTH PLAIN/LOGIN for the user:password lines of FILE")
-    serve.add_argument("--auth-require-tls", action="store_true",
-                       help="offer AUTH only inside TLS (always so when a certificate is given)")
-    serve.add_argument("--relay-domain", action="append", default=[], metavar="DOMAIN",
-                       help="unauthenticated clients may send only to these domains (repeatable)")
-    serve.add_argument("--max-message-size", type=_size, default=32 * 1024**2, metavar="SIZE",
-                       help="largest message accepted, e.g. 10M (default 32M)")
-    serve.add_argument("--max-recipients", type=_positive_int, default=100, metavar="N",
-                       help="recipients per message (default 100)")
+    serve.add_argument(
+        "--auth-file",
+        metavar="FILE",
+        help="enable AUTH PLAIN/LOGIN for the user:password lines of FILE",
+    )
+    serve.add_argument(
+        "--auth-require-tls",
+        action="store_true",
+        help="offer AUTH only inside TLS (always so when a certificate is given)",
+    )
+    serve.add_argument(
+        "--relay-domain",
+        action="append",
+        default=[],
+        metavar="DOMAIN",
+        help="unauthenticated clients may send only to these domains (repeatable)",
+    )
+    serve.add_argument(
+        "--max-message-size",
+        type=_size,
+        default=32 * 1024**2,
+        metavar="SIZE",
+        help="largest message accepted, e.g. 10M (default 32M)",
+    )
+    serve.add_argument(
+        "--max-recipients",
+        type=_positive_int,
+        default=100,
+        metavar="N",
+        help="recipients per message (default 100)",
+    )
     serve.add_argument("--hostname", default="localhost", help="our name in the greeting and trace")
-    serve.add_argument("--backend", choices=("asyncio", "trio", "sync"), default="asyncio",
-                       help="event loop or blocking threads (default asyncio; uvloop when installed)")
+    serve.add_argument(
+        "--backend",
+        choices=("asyncio", "trio", "sync"),
+        default="asyncio",
+        help="event loop or blocking threads (default asyncio; uvloop when installed)",
+    )
     serve.add_argument("--lmtp", action="store_true", help="speak LMTP (RFC 2033) instead of SMTP")
-    serve.add_argument("--proxy-protocol", action="append", default=[], metavar="ADDRESS",
-                       help="accept a PROXY v1/v2 header from this peer address (repeatable)")
-    serve.add_argument("--timeout", type=_seconds, default=300.0, metavar="SECONDS",
-                       help="idle timeout waiting for a command (default 300)")
-    serve.add_argument("--debug", action="store_true",
-                       help="log the protocol trace (AUTH secrets redacted) and print messages")
+    serve.add_argument(
+        "--proxy-protocol",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="accept a PROXY v1/v2 header from this peer address (repeatable)",
+    )
+    serve.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="idle timeout waiting for a command (default 300)",
+    )
+    serve.add_argument(
+        "--debug",
+        action="store_true",
+        help="log the protocol trace (AUTH secrets redacted) and print messages",
+    )
     hashing = commands.add_parser("hash-password", help="print a salted hash for --auth-file")
     hashing.add_argument("password", nargs="?", help="the password (default: read from stdin)")
     return parser
@@ -157,12 +212,18 @@ def _servers(args: argparse.Namespace) -> list[dict[str, Any]]:
     router: Router[Any] = Router()
     handler = _handler(args)
     router.add("*@*", _debugging(handler) if args.debug else handler)
-    common = {"router": router, "config": config, "policy": policy,
-              "proxy_protocol_from": frozenset(args.proxy_protocol)}
+    common = {
+        "router": router,
+        "config": config,
+        "policy": policy,
+        "proxy_protocol_from": frozenset(args.proxy_protocol),
+    }
     plain = args.listen or ([] if args.tls_listen else [("127.0.0.1", 8025)])
     servers = [{**common, "host": h, "port": p, "ssl_context": context} for h, p in plain]
-    servers += [{**common, "host": h, "port": p, "ssl_context": context, "implicit_tls": True}
-                for h, p in args.tls_listen]
+    servers += [
+        {**common, "host": h, "port": p, "ssl_context": context, "implicit_tls": True}
+        for h, p in args.tls_listen
+    ]
     return servers
 
 
@@ -201,7 +262,13 @@ def _serve_sync(servers: list[dict[str, Any]]) -> None:
 
     def stop(signum: int, frame: object) -> None:
         print("smtpmux: stopping", file=sys.stderr, flush=True)
-        threading.Thread(target=lambda: ([s.stop() for s in running], done.set())).start()
+
+        def stop_all() -> None:
+            for server in running:
+                server.stop()
+            done.set()
+
+        threading.Thread(target=stop_all).start()
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
@@ -215,7 +282,8 @@ def _serve_sync(servers: list[dict[str, Any]]) -> None:
 def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
     )
     try:
         servers = _servers(args)
@@ -225,7 +293,7 @@ def _serve(args: argparse.Namespace) -> int:
             options: dict[str, Any] = {}
             if args.backend == "asyncio":
                 try:
-                    import uvloop  # noqa: F401
+                    import uvloop  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
                 except ImportError:
                     pass
                 else:

@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 import attrs
-from anyio.abc import ByteStream, Listener, SocketAttribute, TaskStatus
+from anyio.abc import ByteStream, SocketAttribute, SocketListener, TaskStatus
 from anyio.streams.tls import TLSAttribute, TLSStream
 
 from smtp_core import (
@@ -116,12 +116,14 @@ class Server:
                 await anyio.sleep(0.01)
         self._task_group.cancel_scope.cancel()
 
-    async def serve_forever(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve_forever(
+        self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         async with self:
             task_status.started(self.port)
             await anyio.sleep_forever()
 
-    async def _accept(self, listener: Listener[ByteStream]) -> None:
+    async def _accept(self, listener: SocketListener) -> None:
         while True:
             try:
                 stream = await listener.accept()

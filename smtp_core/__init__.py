@@ -37,6 +37,9 @@ from ._events import (
     StartTLS,
     Verify,
 )
+from ._params import ParamError, xtext_decode, xtext_encode
+from ._proxy import ProxyError, encode_proxy_header, parse_proxy_header
+from ._router import Router, default_router, handle
 from ._sasl import (
     ClientMechanism,
     LoginClient,
@@ -64,9 +67,6 @@ from ._session import (
     Spool,
     UpgradeToTLS,
 )
-from ._params import ParamError, xtext_decode, xtext_encode
-from ._proxy import ProxyError, encode_proxy_header, parse_proxy_header
-from ._router import Router, default_router, handle
 from ._state import ServerState
 from ._transcript import TranscriptError, TranscriptResult, run_transcript
 

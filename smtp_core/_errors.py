@@ -1,4 +1,4 @@
-"""The two ways the engine refuses to go on: the application misused it, or the peer broke framing."""
+"""The two ways the engine refuses to go on: the application misused it, or the peer broke it."""
 
 from __future__ import annotations
 

@@ -114,11 +114,11 @@ def parse_mail_params(
             fields["size"] = size
         elif name == "BODY":
             body = (value or "").upper()
-            if body == "7BIT":
-                fields["body"] = body
-            elif body == "8BITMIME" and config.eightbitmime:
-                fields["body"] = body
-            elif body == "BINARYMIME" and config.binarymime and config.chunking:
+            if (
+                body == "7BIT"
+                or (body == "8BITMIME" and config.eightbitmime)
+                or (body == "BINARYMIME" and config.binarymime and config.chunking)
+            ):
                 fields["body"] = body
             elif body in ("8BITMIME", "BINARYMIME"):
                 raise _unknown(f"BODY={body}")

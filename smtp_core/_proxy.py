@@ -13,7 +13,13 @@ import struct
 
 from ._events import ProxyHeader
 
-__all__ = ["MAX_V1_LENGTH", "MAX_V2_PAYLOAD", "ProxyError", "encode_proxy_header", "parse_proxy_header"]
+__all__ = [
+    "MAX_V1_LENGTH",
+    "MAX_V2_PAYLOAD",
+    "ProxyError",
+    "encode_proxy_header",
+    "parse_proxy_header",
+]
 
 V1_PREFIX = b"PROXY "
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -30,7 +36,7 @@ class ProxyError(Exception):
 
 
 def parse_proxy_header(data: bytes | bytearray) -> tuple[ProxyHeader, int] | None:
-    """Parse a header at the start of ``data``: (header, bytes consumed), or None for "need more"."""
+    """Parse a header at the start of ``data``: (header, bytes used), or None for "need more"."""
     head = bytes(data[:12])
     if head[:6] == V1_PREFIX[: len(head)]:
         return _parse_v1(data)

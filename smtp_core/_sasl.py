@@ -69,7 +69,7 @@ class PlainMechanism(ServerMechanism):
 
 
 class LoginMechanism(ServerMechanism):
-    """The LOGIN mechanism Outlook and Exchange still use: username, then password, each asked for."""
+    """LOGIN, which Outlook and Exchange still use: the username, then the password, each asked."""
 
     name = "LOGIN"
 

@@ -316,7 +316,7 @@ class ServerConnection:
 
     # --- commands ---------------------------------------------------------------------------
 
-    def _command(self, line: bytes) -> Event:
+    def _command(self, line: bytes) -> Event | Sentinel:
         try:
             text = line.decode("ascii") if line.isascii() else line.decode("utf-8")
         except UnicodeDecodeError:
@@ -358,14 +358,17 @@ class ServerConnection:
         if not arg:
             verb = line[:4].decode("ascii").upper()
             return self._refuse(line, _r(501, f"Syntax: {verb} hostname", "5.5.4"))
-        verb = line[:4].upper()
-        extended = verb != b"HELO"
+        verb_bytes = line[:4].upper()
+        extended = verb_bytes != b"HELO"
         hostname = self.config.hostname
         if extended:
-            lines: tuple[str, ...] = (f"{hostname} Hello {arg}", *_capabilities(self.config, self._tls))
+            lines: tuple[str, ...] = (
+                f"{hostname} Hello {arg}",
+                *_capabilities(self.config, self._tls),
+            )
         else:
             lines = (f"{hostname} Hello {arg}",)
-        event = Hello(arg, extended, verb == b"LHLO", Reply(250, lines))
+        event = Hello(arg, extended, verb_bytes == b"LHLO", Reply(250, lines))
         self._offered_hello = event
         return self._expect(P.HELLO, event)
 
@@ -558,7 +561,8 @@ class ServerConnection:
         if last and self._hello and self._hello.lmtp:
             self._pending_count = self._recipients
         reply = reject or Reply(
-            250, f"{size} octets received, message accepted" if last else f"{size} octets received",
+            250,
+            f"{size} octets received, message accepted" if last else f"{size} octets received",
             "2.0.0",
         )
         return self._expect(P.BDAT_LAST if last else P.BDAT, BdatChunk(size, last, reject, reply))
@@ -593,9 +597,15 @@ class ServerConnection:
         if pending is None:
             if self._state is S.CLOSED and reply.code >= 400:
                 return data  # the reply_hint of a RemoteProtocolError, before closing
-            raise LocalProtocolError(f"no command is waiting for a reply (state {self._state.name})")
+            raise LocalProtocolError(
+                f"no command is waiting for a reply (state {self._state.name})"
+            )
         positive = is_positive(pending, reply.code)
-        if positive and self._reject is not None and pending in (P.END_OF_DATA, P.BDAT, P.BDAT_LAST):
+        if (
+            positive
+            and self._reject is not None
+            and pending in (P.END_OF_DATA, P.BDAT, P.BDAT_LAST)
+        ):
             raise LocalProtocolError("this message was refused by the engine; send event.reject")
         if self._pending_count > 1:  # LMTP: more per-recipient replies to come
             self._pending_count -= 1

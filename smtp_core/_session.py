@@ -34,7 +34,6 @@ from ._events import (
     InvalidCommand,
     MailFrom,
     ProxyHeader,
-    Quit,
     RcptParams,
     RcptTo,
     Reply,
@@ -65,7 +64,7 @@ __all__ = [
 
 log = logging.getLogger("smtpmux.session")
 
-Handler: TypeAlias = Callable[[Envelope], "None | Awaitable[None]"]
+Handler: TypeAlias = Callable[[Envelope], "Awaitable[None] | None"]
 
 R_TOO_MANY_RECIPIENTS = Reply(452, "Too many recipients", "4.5.3")
 R_NO_ROUTE = Reply(550, "No such user here", "5.1.1")
@@ -176,13 +175,13 @@ class Policy:
     auth_required: bool = False  #: MAIL before AUTH gets 530 5.7.0 (submission servers)
     relay_domains: frozenset[str] | None = None  #: None: any routed address is addressable
 
-    def on_connect(self, info: SessionInfo) -> Reply | None | Awaitable[Reply | None]:
+    def on_connect(self, info: SessionInfo) -> Reply | Awaitable[Reply | None] | None:
         """Return a reply to greet with instead of the default 220 (554 refuses service)."""
         return None
 
     def authenticate(
         self, credentials: Credentials, info: SessionInfo
-    ) -> str | None | Awaitable[str | None]:
+    ) -> str | Awaitable[str | None] | None:
         """Return the authenticated identity, or None to refuse. The default lets nobody in."""
         return None
 
@@ -224,7 +223,9 @@ class Session:
         proxy_protocol: bool = False,
     ) -> None:
         self.config = config or ServerConfig()
-        self.conn = ServerConnection(self.config, tls=tls is not None, proxy_protocol=proxy_protocol)
+        self.conn = ServerConnection(
+            self.config, tls=tls is not None, proxy_protocol=proxy_protocol
+        )
         self.router = router
         self.policy = policy or Policy()
         self.info = SessionInfo(session_id, self.config.hostname, peer=peer, tls=tls)
@@ -235,7 +236,11 @@ class Session:
         self._errors = 0
         self._conversation = self._converse()
         self._closed = False
-        self._reset_transaction()
+        self._mail: MailFrom | None = None
+        self._recipients: list[_Recipient] = []
+        self._content: list[bytes] = []
+        self._size = 0
+        self._spooled = False
 
     @property
     def timeout(self) -> float:
@@ -349,7 +354,8 @@ class Session:
             if event is NEED_DATA:
                 yield NEED_DATA
                 continue
-            assert not isinstance(event, type(NEED_DATA)), "the session answers every event"
+            if isinstance(event, Sentinel):
+                raise AssertionError("PAUSED: the session answers every event before the next")
             return event
 
     def _handle(self, event: Event) -> Generator[_Question, object, None]:
@@ -518,9 +524,9 @@ class Session:
         self.info = attrs.evolve(self.info, proxy=header, peer=peer)
 
     def _reset_transaction(self) -> None:
-        self._mail: MailFrom | None = None
-        self._recipients: list[_Recipient] = []
-        self._content: list[bytes] = []
+        self._mail = None
+        self._recipients = []
+        self._content = []
         self._size = 0
         self._spooled = False
 
@@ -536,4 +542,3 @@ def _combined(replies: list[Reply]) -> Reply:
         return replies[0] if replies else R_ACCEPTED
     transient = [r for r in failures if r.code < 500]
     return transient[0] if transient else failures[0]
-

@@ -17,7 +17,7 @@ import fnmatch
 import io
 import itertools
 from collections.abc import Awaitable, Coroutine
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 import attrs
@@ -40,7 +40,7 @@ from ._session import (
 
 __all__ = ["TranscriptError", "TranscriptResult", "run_transcript"]
 
-FIXED_TIME = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+FIXED_TIME = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 
 class TranscriptError(AssertionError):
@@ -135,8 +135,13 @@ def run_transcript(
     result = TranscriptResult()
     counter = itertools.count(1)
     session = Session(
-        router, clock=clock, session_id=f"T{next(counter)}", config=config, policy=policy,
-        peer=peer, tls=tls,
+        router,
+        clock=clock,
+        session_id=f"T{next(counter)}",
+        config=config,
+        policy=policy,
+        peer=peer,
+        tls=tls,
     )
     player = _Player(session, result)
     player.run(session.start())

@@ -1,4 +1,4 @@
-"""smtp_sync: smtpmux over blocking sockets (thread per connection), for code without an event loop."""
+"""smtp_sync: smtpmux over blocking sockets, a thread per connection, for code without a loop."""
 
 from ._server import Server
 

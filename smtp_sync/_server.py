@@ -5,6 +5,7 @@ Like smtp_anyio, it only carries out the Session's Actions; no SMTP logic lives 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -22,7 +23,6 @@ from smtp_core import (
     Action,
     Call,
     Close,
-    Deliver,
     Handler,
     Policy,
     Router,
@@ -160,7 +160,7 @@ class Server:
         tls = None
         if self.implicit_tls:
             sock = self._handshake(sock)
-            tls = _tls_info(sock)  # type: ignore[arg-type]
+            tls = _tls_info(sock)
         session = Session(
             self.router,
             clock=self.clock,
@@ -203,7 +203,7 @@ class Server:
                 elif isinstance(action, UpgradeToTLS):
                     try:
                         sock = self._handshake(sock)
-                        outcome: object = _tls_info(sock)  # type: ignore[arg-type]
+                        outcome: object = _tls_info(sock)
                         with self._lock:
                             self._sessions[session] = sock
                     except (OSError, ssl.SSLError) as exc:
@@ -240,13 +240,13 @@ def _call(action: Call, spool: SpoolFile) -> object:
         close = getattr(result, "close", None)
         if close is not None:
             close()
-        return TypeError("smtp_sync calls handlers and hooks synchronously; use smtp_anyio for async")
+        return TypeError(
+            "smtp_sync calls handlers and hooks synchronously; use smtp_anyio for async"
+        )
     return result
 
 
 def _wake(sock: socket.socket) -> None:
     """Make a thread blocked in recv() on ``sock`` return."""
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RD)
-    except OSError:
-        pass

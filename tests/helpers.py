@@ -97,7 +97,9 @@ def merged(events: Sequence[Event]) -> list[Event]:
     for event in events:
         if isinstance(event, DataChunk) and out and isinstance(out[-1], DataChunk):
             out[-1] = DataChunk(out[-1].data + event.data)
-        elif isinstance(event, EndOfData) and event.reject and out and isinstance(out[-1], DataChunk):
+        elif (
+            isinstance(event, EndOfData) and event.reject and out and isinstance(out[-1], DataChunk)
+        ):
             out[-1] = event
         else:
             out.append(event)
@@ -117,7 +119,9 @@ def splits(data: bytes, seed: int = 0, count: int = 5) -> list[list[bytes]]:
     ways = [[data], [data[i : i + 1] for i in range(len(data))]]
     rng = random.Random(seed)
     for _ in range(count):
-        cuts = sorted(rng.sample(range(1, max(len(data), 2)), min(len(data) - 1, rng.randint(1, 8))))
+        cuts = sorted(
+            rng.sample(range(1, max(len(data), 2)), min(len(data) - 1, rng.randint(1, 8)))
+        )
         ways.append([data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)])
     return ways
 

@@ -10,8 +10,13 @@ from smtp_core._data import REPLY_BARE_LF, REPLY_LINE_TOO_LONG, REPLY_TOO_BIG, D
 from smtp_core._events import DataChunk, EndOfData, Reply
 
 
-def reference(stream: bytes, *, reject_bare_lf: bool = False, max_line: int | None = 1000,
-              max_size: int | None = None) -> tuple[bytes, Reply | None, bytes] | None:
+def reference(
+    stream: bytes,
+    *,
+    reject_bare_lf: bool = False,
+    max_line: int | None = 1000,
+    max_size: int | None = None,
+) -> tuple[bytes, Reply | None, bytes] | None:
     """A slow, obviously right model: walk the lines one by one.
 
     Returns (content, reject, rest after the terminator), or None if no terminator yet.
@@ -92,7 +97,7 @@ SMUGGLING = [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\n.\r", b
 @pytest.mark.parametrize("fake", SMUGGLING, ids=[repr(f) for f in SMUGGLING])
 def test_smuggling_variants_do_not_end_data(fake: bytes) -> None:
     stream = b"Subject: x\r\n\r\nbody" + fake + b"MAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\nDATA\r\n"
-    got, end, rest = run([stream])
+    _, end, _ = run([stream])
     assert end is None  # still inside the message
     got2, end2, rest2 = run([stream + b"\r\n.\r\n"])
     assert end2 is not None and rest2 == b""
@@ -108,14 +113,17 @@ def test_bare_lf_reject() -> None:
 def test_size_limit_counts_unstuffed_content() -> None:
     _, end, _ = run([b"..\r\n" * 10 + b".\r\n"], max_size=30)
     assert end is not None and end.reject is None and end.size == 30
-    got, end, rest = run([b"x" * 40 + b"\r\n.\r\nQUIT\r\n"], max_size=30)
+    _, end, rest = run([b"x" * 40 + b"\r\n.\r\nQUIT\r\n"], max_size=30)
     assert end is not None and end.reject == REPLY_TOO_BIG and rest == b"QUIT\r\n"
 
 
 @pytest.mark.parametrize(("length", "ok"), [(998, True), (999, False), (5000, False)])
 def test_line_length(length: int, ok: bool) -> None:
-    for pieces in ([b"x" * length + b"\r\n.\r\n"], [b"y\r\n" + b"x" * length + b"\r\n.\r\n"],
-                   [b"x" * 300] * (length // 300) + [b"x" * (length % 300) + b"\r\n.\r\n"]):
+    for pieces in (
+        [b"x" * length + b"\r\n.\r\n"],
+        [b"y\r\n" + b"x" * length + b"\r\n.\r\n"],
+        [b"x" * 300] * (length // 300) + [b"x" * (length % 300) + b"\r\n.\r\n"],
+    ):
         _, end, _ = run(pieces)
         assert end is not None and (end.reject is None) == ok, pieces[:1]
 

@@ -151,8 +151,9 @@ def test_five_recipients_utf8_and_8bit(kind: str, router: Router[Any], box: Coll
     recipients = [f"user{i}@example.com" for i in range(4)] + ["jösé@example.com"]
     body = "Subject: ünïcode\r\n\r\nGrüße, 日本\r\n".encode()
     with running(kind, router) as server, smtplib.SMTP("127.0.0.1", server.port) as client:
-        client.sendmail("sender@example.org", recipients, body,
-                        mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+        client.sendmail(
+            "sender@example.org", recipients, body, mail_options=["SMTPUTF8", "BODY=8BITMIME"]
+        )
     assert box.envelopes[0].rcpt_tos == tuple(recipients)
     assert box.contents == [body]
     assert box.envelopes[0].mail_params.smtputf8
@@ -167,21 +168,27 @@ def test_ten_mib_with_dot_stuffing(kind: str, router: Router[Any], box: Collect)
 
 
 def test_pipelined_transactions(kind: str, router: Router[Any], box: Collect) -> None:
-    one = (b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
-           b"Subject: n\r\n\r\nbody\r\n.\r\n")
+    one = (
+        b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
+        b"Subject: n\r\n\r\nbody\r\n.\r\n"
+    )
     with running(kind, router) as server, raw(server.port) as sock:
         read_replies(sock, 1)
         sock.sendall(b"EHLO c\r\n" + one * 20 + b"QUIT\r\n")
         finals = read_replies(sock, 1 + 4 * 20 + 1)
-    assert [line[:3] for line in finals] == [b"250"] + [b"250", b"250", b"354", b"250"] * 20 + [b"221"]
+    assert [line[:3] for line in finals] == [b"250"] + [b"250", b"250", b"354", b"250"] * 20 + [
+        b"221"
+    ]
     assert len(box.envelopes) == 20
 
 
 def test_bdat(kind: str, router: Router[Any], box: Collect) -> None:
     with running(kind, router) as server, raw(server.port) as sock:
         read_replies(sock, 1)
-        sock.sendall(b"EHLO c\r\nMAIL FROM:<a@example.org> BODY=BINARYMIME\r\n"
-                     b"RCPT TO:<b@example.com>\r\nBDAT 7\r\nhello\r\nBDAT 5 LAST\r\nworldQUIT\r\n")
+        sock.sendall(
+            b"EHLO c\r\nMAIL FROM:<a@example.org> BODY=BINARYMIME\r\n"
+            b"RCPT TO:<b@example.com>\r\nBDAT 7\r\nhello\r\nBDAT 5 LAST\r\nworldQUIT\r\n"
+        )
         finals = read_replies(sock, 6)
     assert [line[:3] for line in finals] == [b"250", b"250", b"250", b"250", b"250", b"221"]
     assert box.contents == [b"hello\r\nworld"]
@@ -249,8 +256,9 @@ def test_client_vanishing_mid_data(kind: str, router: Router[Any], box: Collect)
     with running(kind, router) as server:
         with raw(server.port) as sock:
             read_replies(sock, 1)
-            sock.sendall(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n"
-                         b"DATA\r\n")
+            sock.sendall(
+                b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
+            )
             read_replies(sock, 4)
             sock.sendall(b"Subject: half\r\n\r\nand then")
         with smtplib.SMTP("127.0.0.1", server.port) as client:

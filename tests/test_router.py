@@ -47,8 +47,12 @@ PRECEDENCE = [
     pytest.param(LEVELS, "bob@other.org", LOCAL, id="other-domain-takes-local"),
     pytest.param(LEVELS, "alice@other.org", ANY, id="other-both-takes-any"),
     pytest.param((EXACT, ANY), "alice@example.com", ANY, id="known-domain-falls-back-to-any"),
-    pytest.param(("alice@example.com", LOCAL), "bob@example.com", LOCAL,
-                 id="known-domain-falls-back-to-local"),
+    pytest.param(
+        ("alice@example.com", LOCAL),
+        "bob@example.com",
+        LOCAL,
+        id="known-domain-falls-back-to-local",
+    ),
     pytest.param((EXACT, DOMAIN), "bob@other.org", None, id="no-match-other-domain"),
     pytest.param((EXACT, LOCAL), "alice@example.com", None, id="no-match-other-local"),
     pytest.param((), "bob@example.com", None, id="empty-router"),
@@ -79,8 +83,9 @@ DOMAINS = [
     pytest.param("*@bücher.example.", "bob@xn--bcher-kva.example", id="trailing-dot-u-label"),
     pytest.param("*@[192.0.2.1]", "bob@[192.0.2.1]", id="ipv4-literal"),
     pytest.param("*@[ipv6:2001:db8::1]", "bob@[IPv6:2001:DB8::1]", id="ipv6-literal-case"),
-    pytest.param("*@" + "ü" * 70 + ".de", "bob@" + "Ü" * 70 + ".de",
-                 id="idna-failure-compares-lower-text"),
+    pytest.param(
+        "*@" + "ü" * 70 + ".de", "bob@" + "Ü" * 70 + ".de", id="idna-failure-compares-lower-text"
+    ),
 ]
 
 
@@ -108,44 +113,108 @@ OPTIONS: list[Any] = [
     pytest.param({}, "Bob@example.com", "bob@example.com", False, id="local-case-pattern"),
     pytest.param({}, "Bob@example.com", "Bob@example.com", True, id="local-same-case"),
     pytest.param({"fold_case": True}, "bob@example.com", "BoB@example.com", True, id="fold-addr"),
-    pytest.param({"fold_case": True}, "BOB@example.com", "bob@example.com", True,
-                 id="fold-pattern"),
-    pytest.param({"fold_case": True}, "strasse@example.com", "Straße@example.com", True,
-                 id="fold-casefold-sharp-s"),
+    pytest.param(
+        {"fold_case": True}, "BOB@example.com", "bob@example.com", True, id="fold-pattern"
+    ),
+    pytest.param(
+        {"fold_case": True},
+        "strasse@example.com",
+        "Straße@example.com",
+        True,
+        id="fold-casefold-sharp-s",
+    ),
     pytest.param({}, "bob@example.com", "bob+tag@example.com", False, id="plus-kept-by-default"),
-    pytest.param({"subaddress_separator": "+"}, "bob@example.com", "bob+tag@example.com", True,
-                 id="plus-stripped"),
-    pytest.param({"subaddress_separator": "+"}, "bob@example.com", "bob+a+b@example.com", True,
-                 id="plus-from-first"),
-    pytest.param({"subaddress_separator": "+"}, "bob@example.com", "bob+@example.com", True,
-                 id="plus-empty-tag"),
-    pytest.param({"subaddress_separator": "+"}, "bob+x@example.com", "bob+y@example.com", True,
-                 id="plus-stripped-in-pattern"),
-    pytest.param({"subaddress_separator": "+"}, "+tag@example.com", "+tag@example.com", True,
-                 id="leading-plus-kept"),
-    pytest.param({"subaddress_separator": "+"}, "+tag@example.com", "+other@example.com", False,
-                 id="leading-plus-kept-whole"),
-    pytest.param({"subaddress_separator": "-"}, "bob@example.com", "bob+tag@example.com", False,
-                 id="other-separator"),
-    pytest.param({"subaddress_separator": "--"}, "bob@example.com", "bob--x-y@example.com", True,
-                 id="two-char-separator"),
+    pytest.param(
+        {"subaddress_separator": "+"},
+        "bob@example.com",
+        "bob+tag@example.com",
+        True,
+        id="plus-stripped",
+    ),
+    pytest.param(
+        {"subaddress_separator": "+"},
+        "bob@example.com",
+        "bob+a+b@example.com",
+        True,
+        id="plus-from-first",
+    ),
+    pytest.param(
+        {"subaddress_separator": "+"},
+        "bob@example.com",
+        "bob+@example.com",
+        True,
+        id="plus-empty-tag",
+    ),
+    pytest.param(
+        {"subaddress_separator": "+"},
+        "bob+x@example.com",
+        "bob+y@example.com",
+        True,
+        id="plus-stripped-in-pattern",
+    ),
+    pytest.param(
+        {"subaddress_separator": "+"},
+        "+tag@example.com",
+        "+tag@example.com",
+        True,
+        id="leading-plus-kept",
+    ),
+    pytest.param(
+        {"subaddress_separator": "+"},
+        "+tag@example.com",
+        "+other@example.com",
+        False,
+        id="leading-plus-kept-whole",
+    ),
+    pytest.param(
+        {"subaddress_separator": "-"},
+        "bob@example.com",
+        "bob+tag@example.com",
+        False,
+        id="other-separator",
+    ),
+    pytest.param(
+        {"subaddress_separator": "--"},
+        "bob@example.com",
+        "bob--x-y@example.com",
+        True,
+        id="two-char-separator",
+    ),
     pytest.param({}, "bob@example.com", "b.o.b@example.com", False, id="dots-kept-by-default"),
-    pytest.param({"ignore_dots": True}, "bob@example.com", "b.o.b@example.com", True,
-                 id="dots-ignored"),
-    pytest.param({"ignore_dots": True}, "b.ob@example.com", "bo.b@example.com", True,
-                 id="dots-ignored-in-pattern"),
-    pytest.param({"ignore_dots": True}, "*@example.com", "bob@exam.ple.com", False,
-                 id="dots-kept-in-domain"),
-    pytest.param({"fold_case": True, "subaddress_separator": "+", "ignore_dots": True},
-                 "bob@example.com", "B.O.B+Tag.X@Example.COM", True, id="all-options"),
-    pytest.param({"fold_case": True, "subaddress_separator": "+"}, "bob@example.com",
-                 '"B\\ob+x"@example.com', True, id="options-on-quoted"),
+    pytest.param(
+        {"ignore_dots": True}, "bob@example.com", "b.o.b@example.com", True, id="dots-ignored"
+    ),
+    pytest.param(
+        {"ignore_dots": True},
+        "b.ob@example.com",
+        "bo.b@example.com",
+        True,
+        id="dots-ignored-in-pattern",
+    ),
+    pytest.param(
+        {"ignore_dots": True}, "*@example.com", "bob@exam.ple.com", False, id="dots-kept-in-domain"
+    ),
+    pytest.param(
+        {"fold_case": True, "subaddress_separator": "+", "ignore_dots": True},
+        "bob@example.com",
+        "B.O.B+Tag.X@Example.COM",
+        True,
+        id="all-options",
+    ),
+    pytest.param(
+        {"fold_case": True, "subaddress_separator": "+"},
+        "bob@example.com",
+        '"B\\ob+x"@example.com',
+        True,
+        id="options-on-quoted",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("options", "pattern", "address", "matches"), OPTIONS)
-def test_canonicalisation(options: dict[str, Any], pattern: str, address: str,
-                          matches: bool) -> None:
+def test_canonicalisation(
+    options: dict[str, Any], pattern: str, address: str, matches: bool
+) -> None:
     assert make(pattern, **options).route(address) == (pattern if matches else None)
 
 

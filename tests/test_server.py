@@ -106,8 +106,15 @@ TABLE: list[tuple[str, ServerConfig | None, bool, list[str], str, int, str | Non
     ("rcpt postmaster", None, False, [EHLO, MAIL], "RCPT TO:<Postmaster>", 250, "2.1.5"),
     ("rcpt utf8 without smtputf8", None, False, [EHLO, MAIL], "RCPT TO:<jö@x.org>", 553, "5.6.7"),
     ("rcpt utf8", None, False, [EHLO, MAIL + " SMTPUTF8"], "RCPT TO:<jö@x.org>", 250, "2.1.5"),
-    ("rcpt dsn", None, False, [EHLO, MAIL], RCPT + " NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@x.net",
-     250, "2.1.5"),
+    (
+        "rcpt dsn",
+        None,
+        False,
+        [EHLO, MAIL],
+        RCPT + " NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@x.net",
+        250,
+        "2.1.5",
+    ),
     ("rcpt dsn off", NO_EXT, False, [EHLO, MAIL], RCPT + " NOTIFY=NEVER", 555, "5.5.4"),
     ("rcpt syntax", None, False, [EHLO, MAIL], "RCPT <b@x>", 501, "5.5.4"),
     ("invalid utf8", None, False, [EHLO], "MAIL FROM:<\udcff@x>", 500, "5.5.2"),
@@ -127,8 +134,15 @@ TABLE: list[tuple[str, ServerConfig | None, bool, list[str], str, int, str | Non
     ("auth bad base64", AUTH, True, [EHLO], "AUTH PLAIN !!!", 501, "5.5.2"),
     ("auth malformed plain", AUTH, True, [EHLO], "AUTH PLAIN " + b64(b"nonul"), 501, "5.5.2"),
     ("auth plain challenge", AUTH, True, [EHLO], "AUTH PLAIN", 334, None),
-    ("auth plain refused by default", AUTH, True, [EHLO], "AUTH PLAIN " + b64(b"\0u\0p"), 535,
-     "5.7.8"),
+    (
+        "auth plain refused by default",
+        AUTH,
+        True,
+        [EHLO],
+        "AUTH PLAIN " + b64(b"\0u\0p"),
+        535,
+        "5.7.8",
+    ),
     ("auth in transaction", AUTH, True, [EHLO, MAIL], "AUTH PLAIN", 503, "5.5.1"),
     ("auth plaintext allowed", AUTH_PLAINTEXT, False, [EHLO], "AUTH PLAIN", 334, None),
     # BDAT (RFC 3030)
@@ -139,8 +153,15 @@ TABLE: list[tuple[str, ServerConfig | None, bool, list[str], str, int, str | Non
     ("bdat", None, False, [EHLO, MAIL, RCPT], "BDAT 0", 250, "2.0.0"),
     ("mail between chunks", None, False, [EHLO, MAIL, RCPT, "BDAT 0"], MAIL, 503, "5.5.1"),
     ("data between chunks", None, False, [EHLO, MAIL, RCPT, "BDAT 0"], "DATA", 503, "5.5.1"),
-    ("data with binarymime", None, False, [EHLO, MAIL + " BODY=BINARYMIME", RCPT], "DATA", 503,
-     "5.5.1"),
+    (
+        "data with binarymime",
+        None,
+        False,
+        [EHLO, MAIL + " BODY=BINARYMIME", RCPT],
+        "DATA",
+        503,
+        "5.5.1",
+    ),
     # line length (RFC 5321 §4.5.3.1.4)
     ("command too long", None, False, [EHLO], "NOOP " + "x" * 2000, 500, "5.5.2"),
 ]
@@ -180,12 +201,28 @@ def test_ehlo_lists_capabilities_from_config() -> None:
     (hello,) = driver.feed(b"EHLO c\r\n")
     assert isinstance(hello, Hello) and hello.extended
     assert hello.default_reply.lines == (
-        "mx.example Hello c", "PIPELINING", "SIZE 1000", "8BITMIME", "SMTPUTF8",
-        "ENHANCEDSTATUSCODES", "CHUNKING", "BINARYMIME", "DSN", "STARTTLS",
+        "mx.example Hello c",
+        "PIPELINING",
+        "SIZE 1000",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+        "BINARYMIME",
+        "DSN",
+        "STARTTLS",
     )
-    bare = Driver(NO_EXT.__class__(pipelining=False, enhanced_status_codes=False, chunking=False,
-                                   dsn=False, eightbitmime=False, smtputf8=False,
-                                   max_message_size=None))
+    bare = Driver(
+        NO_EXT.__class__(
+            pipelining=False,
+            enhanced_status_codes=False,
+            chunking=False,
+            dsn=False,
+            eightbitmime=False,
+            smtputf8=False,
+            max_message_size=None,
+        )
+    )
     bare.pump()
     (hello,) = bare.feed(b"EHLO c\r\n")
     assert isinstance(hello, Hello)
@@ -193,8 +230,11 @@ def test_ehlo_lists_capabilities_from_config() -> None:
 
 
 def test_auth_offered_only_inside_tls_unless_allowed() -> None:
-    for config, tls, offered in [(AUTH, False, False), (AUTH, True, True),
-                                 (AUTH_PLAINTEXT, False, True)]:
+    for config, tls, offered in [
+        (AUTH, False, False),
+        (AUTH, True, True),
+        (AUTH_PLAINTEXT, False, True),
+    ]:
         driver = Driver(config, tls=tls)
         driver.pump()
         (hello,) = driver.feed(b"EHLO c\r\n")
@@ -220,8 +260,17 @@ def test_full_transaction_in_any_split() -> None:
     )
     driver = assert_same_in_any_split(script)
     kinds = [type(e).__name__ for e in driver.events]
-    assert kinds == ["Hello", "MailFrom", "RcptTo", "RcptTo", "StartData", "DataChunk",
-                     "EndOfData", "Quit", "ConnectionClosed"]
+    assert kinds == [
+        "Hello",
+        "MailFrom",
+        "RcptTo",
+        "RcptTo",
+        "StartData",
+        "DataChunk",
+        "EndOfData",
+        "Quit",
+        "ConnectionClosed",
+    ]
     chunk = driver.events[5]
     assert isinstance(chunk, DataChunk)
     assert chunk.data == b"Subject: hi\r\n\r\n.leading dot\r\nbare\r\nline\r\n"
@@ -346,9 +395,19 @@ def accept_auth(event: Event) -> Reply:
         (f"AUTH PLAIN {GOOD_PLAIN}\r\nAUTH PLAIN\r\n", [235, 503]),
         ("AUTH LOGIN\r\n" + "A" * 13000 + "\r\n", [334, 500]),
     ],
-    ids=["plain initial", "plain challenge", "plain empty", "login", "login initial",
-         "login wrong password", "login cancel", "plain cancel", "bad base64", "auth twice",
-         "response too long"],
+    ids=[
+        "plain initial",
+        "plain challenge",
+        "plain empty",
+        "login",
+        "login initial",
+        "login wrong password",
+        "login cancel",
+        "plain cancel",
+        "bad base64",
+        "auth twice",
+        "response too long",
+    ],
 )
 def test_auth_exchanges(exchange: str, codes: list[int]) -> None:
     script = b"EHLO c\r\n" + exchange.encode() + b"NOOP\r\n"
@@ -387,11 +446,19 @@ def test_bdat_refused_still_consumes_its_chunk() -> None:
 
 
 def test_bdat_oversize_refused_and_transaction_ends() -> None:
-    script = (b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\n"
-              b"BDAT 60\r\n" + b"x" * 60 + b"BDAT 60 LAST\r\n" + b"y" * 60 + b"NOOP\r\n")
+    script = (
+        b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\n"
+        b"BDAT 60\r\n" + b"x" * 60 + b"BDAT 60 LAST\r\n" + b"y" * 60 + b"NOOP\r\n"
+    )
     driver = assert_same_in_any_split(script, config=SMALL)
-    assert driver.replies() == [(250, None), (250, "2.1.0"), (250, "2.1.5"), (250, "2.0.0"),
-                                (552, "5.3.4"), (250, "2.0.0")]
+    assert driver.replies() == [
+        (250, None),
+        (250, "2.1.0"),
+        (250, "2.1.5"),
+        (250, "2.0.0"),
+        (552, "5.3.4"),
+        (250, "2.0.0"),
+    ]
     delivered = b"".join(e.data for e in driver.events if isinstance(e, DataChunk))
     assert len(delivered) <= 100
 
@@ -407,8 +474,13 @@ def test_bdat_without_size_is_fatal() -> None:
 
 
 def test_oversize_data_is_refused_after_the_terminator() -> None:
-    script = (b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n"
-              + b"x" * 70 + b"\r\n" + b"y" * 70 + b"\r\n.\r\nNOOP\r\n")
+    script = (
+        b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n"
+        + b"x" * 70
+        + b"\r\n"
+        + b"y" * 70
+        + b"\r\n.\r\nNOOP\r\n"
+    )
     driver = assert_same_in_any_split(script, config=SMALL)
     end = next(e for e in driver.events if isinstance(e, EndOfData))
     assert end.reject is not None and end.reject.code == 552
@@ -417,25 +489,33 @@ def test_oversize_data_is_refused_after_the_terminator() -> None:
 
 
 def test_engine_refuses_success_for_a_rejected_message() -> None:
-    driver = Driver(SMALL, answer=lambda e: Reply(250, "OK", "2.0.0")
-                    if isinstance(e, EndOfData) else e.default_reply)  # type: ignore[union-attr]
+    driver = Driver(
+        SMALL,
+        answer=lambda e: Reply(250, "OK", "2.0.0") if isinstance(e, EndOfData) else e.default_reply,
+    )  # type: ignore[union-attr]
     driver.pump()
     with pytest.raises(LocalProtocolError):
-        driver.feed(b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n"
-                    + b"x" * 200 + b"\r\n.\r\n")
+        driver.feed(
+            b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n"
+            + b"x" * 200
+            + b"\r\n.\r\n"
+        )
 
 
 def test_lmtp_one_reply_per_recipient() -> None:
-    answers = iter([Reply(250, "ok b", "2.1.5"), Reply(452, "full", "4.2.2"),
-                    Reply(250, "ok d", "2.1.5")])
+    answers = iter(
+        [Reply(250, "ok b", "2.1.5"), Reply(452, "full", "4.2.2"), Reply(250, "ok d", "2.1.5")]
+    )
 
     def answer(event: Event) -> Reply:
         return next(answers) if isinstance(event, EndOfData) else event.default_reply  # type: ignore[union-attr]
 
     conn = ServerConnection(LMTP)
     out = conn.send(Reply(220, "lmtp"))
-    conn.receive_data(b"LHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nRCPT TO:<c@y.org>\r\n"
-                      b"RCPT TO:<d@y.org>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n")
+    conn.receive_data(
+        b"LHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nRCPT TO:<c@y.org>\r\n"
+        b"RCPT TO:<d@y.org>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n"
+    )
     while True:
         event = conn.next_event()
         if isinstance(event, ConnectionClosed):
@@ -488,8 +568,7 @@ def test_bare_lf_policy_for_commands() -> None:
 
 
 def test_bare_lf_reject_in_data_delivers_nothing() -> None:
-    script = (b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n"
-              b"a\nb\r\n.\r\nNOOP\r\n")
+    script = b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\na\nb\r\n.\r\nNOOP\r\n"
     driver = assert_same_in_any_split(script, config=ServerConfig(bare_lf="reject"))
     assert not any(isinstance(e, DataChunk) for e in driver.events)
     assert [c for c, _ in driver.replies()] == [250, 250, 250, 354, 554, 250]
@@ -506,10 +585,19 @@ def test_client_vanishing_mid_data() -> None:
 
 @pytest.mark.parametrize(
     ("script", "state", "timeout"),
-    [(b"", ServerState.INITIAL, 300.0),
-     (b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n", ServerState.DATA, 180.0),
-     (b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nBDAT 10\r\nabc",
-      ServerState.RCPT, 180.0)],
+    [
+        (b"", ServerState.INITIAL, 300.0),
+        (
+            b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n",
+            ServerState.DATA,
+            180.0,
+        ),
+        (
+            b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nBDAT 10\r\nabc",
+            ServerState.RCPT,
+            180.0,
+        ),
+    ],
     ids=["command", "data", "bdat chunk"],
 )
 def test_timeout_that_applies(script: bytes, state: ServerState, timeout: float) -> None:
@@ -523,8 +611,10 @@ def test_timeout_that_applies(script: bytes, state: ServerState, timeout: float)
 def test_events_of_a_transaction() -> None:
     driver = Driver()
     driver.pump()
-    events = driver.feed(b"EHLO c\r\nMAIL FROM:<@relay.example:a@x.org> BODY=8BITMIME SIZE=5\r\n"
-                         b"RCPT TO:<\"john doe\"@y.org>\r\n")
+    events = driver.feed(
+        b"EHLO c\r\nMAIL FROM:<@relay.example:a@x.org> BODY=8BITMIME SIZE=5\r\n"
+        b'RCPT TO:<"john doe"@y.org>\r\n'
+    )
     mail, rcpt = events[1], events[2]
     assert isinstance(mail, MailFrom) and mail.address == "a@x.org"
     assert mail.params.body == "8BITMIME" and mail.params.size == 5

@@ -80,7 +80,9 @@ C: .
 
 
 def test_routing_and_fan_out(router: Router[Any], boxes: dict[str, Mailbox]) -> None:
-    script = SEND + """
+    script = (
+        SEND
+        + """
 C: RCPT TO:<bob@example.com>
 S: 250 2.1.5 *
 C: RCPT TO:<carol@example.com>
@@ -89,11 +91,14 @@ C: RCPT TO:<sales@elsewhere.net>
 S: 250 2.1.5 *
 C: RCPT TO:<nobody@elsewhere.net>
 S: 550 5.1.1 *
-""" + DATA + """
+"""
+        + DATA
+        + """
 S: 250 2.0.0 *
 C: QUIT
 S: 221 *
 """
+    )
     result = run_transcript(script, router)
     assert result.closed
     assert [e.rcpt_tos for e in boxes["bob"].envelopes] == [("bob@example.com",)]
@@ -106,8 +111,11 @@ S: 221 *
 
 
 def test_received_header(router: Router[Any], boxes: dict[str, Mailbox]) -> None:
-    run_transcript(SEND + "C: RCPT TO:<bob@example.com>\nS: 250*\n" + DATA + "S: 250*\n", router,
-                   config=ServerConfig(hostname="mx.example.com"))
+    run_transcript(
+        SEND + "C: RCPT TO:<bob@example.com>\nS: 250*\n" + DATA + "S: 250*\n",
+        router,
+        config=ServerConfig(hostname="mx.example.com"),
+    )
     header = boxes["bob"].envelopes[0].received_header()
     assert header == (
         b"Received: from client.example ([192.0.2.1]) by mx.example.com (smtpmux)\r\n"
@@ -118,12 +126,17 @@ def test_received_header(router: Router[Any], boxes: dict[str, Mailbox]) -> None
 def test_relay_denied_for_unauthenticated(router: Router[Any]) -> None:
     router.add("*@*", Mailbox("relay"))
     policy = Policy(relay_domains=frozenset({"example.com"}))
-    run_transcript(SEND + """
+    run_transcript(
+        SEND
+        + """
 C: RCPT TO:<someone@example.com>
 S: 250 2.1.5 *
 C: RCPT TO:<someone@gmail.example>
 S: 550 5.7.1 Relaying denied
-""", router, policy=policy)
+""",
+        router,
+        policy=policy,
+    )
 
 
 class Accounts(Policy):
@@ -144,7 +157,8 @@ def test_authenticated_client_may_relay(router: Router[Any]) -> None:
     policy = Accounts(relay_domains=frozenset({"example.com"}))
     from smtp_core import TLSInfo
 
-    result = run_transcript(f"""
+    result = run_transcript(
+        f"""
 S: 220 *
 C: EHLO c
 S: 250 *
@@ -156,68 +170,107 @@ C: MAIL FROM:<alice@example.com>
 S: 250 *
 C: RCPT TO:<friend@gmail.example>
 S: 250 2.1.5 *
-""" + DATA + "S: 250 2.0.0 *\n", router, policy=policy, config=AUTH_CONFIG,
-                            tls=TLSInfo("TLSv1.3", "X"))
+"""
+        + DATA
+        + "S: 250 2.0.0 *\n",
+        router,
+        policy=policy,
+        config=AUTH_CONFIG,
+        tls=TLSInfo("TLSv1.3", "X"),
+    )
     envelope = result.deliveries[0]
     assert envelope.auth_identity == "alice"
     assert envelope.protocol() == "ESMTPSA"
 
 
 def test_auth_required_before_mail(router: Router[Any]) -> None:
-    run_transcript("""
+    run_transcript(
+        """
 S: 220 *
 C: EHLO c
 S: 250 *
 C: MAIL FROM:<a@b.example>
 S: 530 5.7.0 *
-""", router, policy=Policy(auth_required=True))
+""",
+        router,
+        policy=Policy(auth_required=True),
+    )
 
 
 def test_auth_login_over_plaintext_refused(router: Router[Any]) -> None:
-    run_transcript("""
+    run_transcript(
+        """
 S: 220 *
 C: EHLO c
 S: 250 *
 C: AUTH LOGIN
 S: 538 5.7.11 *
-""", router, config=AUTH_CONFIG, policy=Accounts())
+""",
+        router,
+        config=AUTH_CONFIG,
+        policy=Accounts(),
+    )
 
 
 def test_max_recipients(router: Router[Any]) -> None:
-    run_transcript(SEND + """
+    run_transcript(
+        SEND
+        + """
 C: RCPT TO:<a@example.com>
 S: 250 *
 C: RCPT TO:<b@example.com>
 S: 250 *
 C: RCPT TO:<c@example.com>
 S: 452 4.5.3 *
-""", router, policy=Policy(max_recipients=2))
+""",
+        router,
+        policy=Policy(max_recipients=2),
+    )
 
 
 def test_handler_rejection(router: Router[Any]) -> None:
-    run_transcript(SEND + "C: RCPT TO:<refuse@example.org>\nS: 250*\n" + DATA
-                   + "S: 550 5.2.1 Mailbox disabled\nC: NOOP\nS: 250*\n", router)
+    run_transcript(
+        SEND
+        + "C: RCPT TO:<refuse@example.org>\nS: 250*\n"
+        + DATA
+        + "S: 550 5.2.1 Mailbox disabled\nC: NOOP\nS: 250*\n",
+        router,
+    )
 
 
 def test_handler_crash_gives_451_and_session_goes_on(
     router: Router[Any], boxes: dict[str, Mailbox]
 ) -> None:
-    run_transcript(SEND + "C: RCPT TO:<crash@example.org>\nS: 250*\n" + DATA
-                   + "S: 451 4.3.0 *\n" + "C: MAIL FROM:<a@b.example>\nS: 250*\n"
-                   + "C: RCPT TO:<bob@example.com>\nS: 250*\n" + DATA + "S: 250 2.0.0*\n", router)
+    run_transcript(
+        SEND
+        + "C: RCPT TO:<crash@example.org>\nS: 250*\n"
+        + DATA
+        + "S: 451 4.3.0 *\n"
+        + "C: MAIL FROM:<a@b.example>\nS: 250*\n"
+        + "C: RCPT TO:<bob@example.com>\nS: 250*\n"
+        + DATA
+        + "S: 250 2.0.0*\n",
+        router,
+    )
     assert len(boxes["bob"].envelopes) == 1
 
 
 def test_one_failing_handler_fails_the_smtp_transaction(
     router: Router[Any], boxes: dict[str, Mailbox]
 ) -> None:
-    run_transcript(SEND + "C: RCPT TO:<bob@example.com>\nS: 250*\n"
-                   + "C: RCPT TO:<crash@example.org>\nS: 250*\n" + DATA + "S: 451 4.3.0 *\n",
-                   router)
+    run_transcript(
+        SEND
+        + "C: RCPT TO:<bob@example.com>\nS: 250*\n"
+        + "C: RCPT TO:<crash@example.org>\nS: 250*\n"
+        + DATA
+        + "S: 451 4.3.0 *\n",
+        router,
+    )
 
 
 def test_lmtp_one_reply_per_recipient(router: Router[Any], boxes: dict[str, Mailbox]) -> None:
-    result = run_transcript("""
+    result = run_transcript(
+        """
 S: 220 *
 C: LHLO c
 S: 250 *
@@ -229,18 +282,26 @@ C: RCPT TO:<refuse@example.org>
 S: 250 *
 C: RCPT TO:<sales@x.example>
 S: 250 *
-""" + DATA + """
+"""
+        + DATA
+        + """
 S: 250 2.0.0 *
 S: 550 5.2.1 *
 S: 250 2.0.0 *
-""", router, config=ServerConfig(lmtp=True))
+""",
+        router,
+        config=ServerConfig(lmtp=True),
+    )
     assert len(result.deliveries) == 3
     assert boxes["bob"].envelopes[0].protocol() == "LMTP"
 
 
 def test_too_many_errors_closes(router: Router[Any]) -> None:
-    result = run_transcript("S: 220 *\n" + "C: FROB\nS: 500 5.5.1 *\n" * 3
-                            + "C: FROB\nS: 421 4.7.0 *\n", router, policy=Policy(max_errors=3))
+    result = run_transcript(
+        "S: 220 *\n" + "C: FROB\nS: 500 5.5.1 *\n" * 3 + "C: FROB\nS: 421 4.7.0 *\n",
+        router,
+        policy=Policy(max_errors=3),
+    )
     assert result.closed
 
 
@@ -249,8 +310,11 @@ def test_on_connect_can_refuse(router: Router[Any]) -> None:
         def on_connect(self, info: SessionInfo) -> Reply | None:
             return Reply(554, "Not welcome", "5.7.1")
 
-    run_transcript("S: 554 5.7.1 Not welcome\nC: EHLO c\nS: 503 *\nC: QUIT\nS: 221 *\n",
-                   router, policy=Blocklist())
+    run_transcript(
+        "S: 554 5.7.1 Not welcome\nC: EHLO c\nS: 503 *\nC: QUIT\nS: 221 *\n",
+        router,
+        policy=Blocklist(),
+    )
 
 
 def test_async_handler_runs(router: Router[Any]) -> None:
@@ -260,15 +324,21 @@ def test_async_handler_runs(router: Router[Any]) -> None:
         seen.append(envelope.rcpt_tos)
 
     router.add("async@example.org", handler)
-    run_transcript(SEND + "C: RCPT TO:<async@example.org>\nS: 250*\n" + DATA + "S: 250*\n",
-                   router)
+    run_transcript(SEND + "C: RCPT TO:<async@example.org>\nS: 250*\n" + DATA + "S: 250*\n", router)
     assert seen == [("async@example.org",)]
 
 
 def test_large_message_is_spooled(router: Router[Any], boxes: dict[str, Mailbox]) -> None:
     body = "".join(f"C: line {i} " + "x" * 60 + "\n" for i in range(200))
-    run_transcript(SEND + "C: RCPT TO:<bob@example.com>\nS: 250*\n" + "C: DATA\nS: 354*\n"
-                   + body + "C: .\nS: 250 2.0.0 *\n", router, policy=Policy(spool_threshold=1000))
+    run_transcript(
+        SEND
+        + "C: RCPT TO:<bob@example.com>\nS: 250*\n"
+        + "C: DATA\nS: 354*\n"
+        + body
+        + "C: .\nS: 250 2.0.0 *\n",
+        router,
+        policy=Policy(spool_threshold=1000),
+    )
     envelope = boxes["bob"].envelopes[0]
     assert not isinstance(envelope.content, bytes)
     data = envelope.as_bytes()
@@ -276,9 +346,14 @@ def test_large_message_is_spooled(router: Router[Any], boxes: dict[str, Mailbox]
 
 
 def test_rset_forgets_recipients(router: Router[Any], boxes: dict[str, Mailbox]) -> None:
-    run_transcript(SEND + "C: RCPT TO:<bob@example.com>\nS: 250*\nC: RSET\nS: 250*\n"
-                   + "C: MAIL FROM:<a@b.example>\nS: 250*\nC: RCPT TO:<sales@x.example>\nS: 250*\n"
-                   + DATA + "S: 250*\n", router)
+    run_transcript(
+        SEND
+        + "C: RCPT TO:<bob@example.com>\nS: 250*\nC: RSET\nS: 250*\n"
+        + "C: MAIL FROM:<a@b.example>\nS: 250*\nC: RCPT TO:<sales@x.example>\nS: 250*\n"
+        + DATA
+        + "S: 250*\n",
+        router,
+    )
     assert boxes["bob"].envelopes == [] and len(boxes["sales"].envelopes) == 1
 
 
