@@ -326,6 +326,7 @@ class Session:
             if not isinstance(header, ProxyHeader):
                 return
             self._proxy(header)
+        log.info("connection from %s", self.info.peer, extra=self._log_extra)
         greeting = yield Connect(self.policy.on_connect, (self.info,))
         if not isinstance(greeting, Reply):
             if isinstance(greeting, BaseException):
@@ -403,6 +404,7 @@ class Session:
             return
         handler = self.router.route(event.address)
         if handler is None:
+            log.info("no route for <%s>", event.address, extra=self._log_extra)
             self._reply(R_NO_ROUTE)
             return
         allowed = yield CheckRecipient(self.policy.addressable, (self.info, event.address))
@@ -414,6 +416,7 @@ class Session:
                 log.error("addressable hook failed", exc_info=allowed, extra=self._log_extra)
                 self._reply(R_HANDLER_FAILED)
             else:
+                log.info("relaying to <%s> denied", event.address, extra=self._log_extra)
                 self._reply(R_RELAY_DENIED)
             return
         self._reply(event.default_reply)
