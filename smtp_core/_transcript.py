@@ -16,9 +16,9 @@ from __future__ import annotations
 import fnmatch
 import io
 import itertools
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Iterator
 from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import attrs
 
@@ -38,7 +38,13 @@ from ._session import (
     UpgradeToTLS,
 )
 
-__all__ = ["TranscriptError", "TranscriptResult", "run_transcript"]
+__all__ = [
+    "TranscriptError",
+    "TranscriptResult",
+    "check_reply",
+    "run_transcript",
+    "script_steps",
+]
 
 FIXED_TIME = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -121,6 +127,31 @@ class _Player:
                 return "\n".join(lines)
 
 
+def script_steps(script: str) -> Iterator[tuple[int, Literal["C", "S"], str]]:
+    """The script's ``(line number, side, text)`` steps; blank and ``#`` lines skipped."""
+    for number, raw in enumerate(script.splitlines(), 1):
+        line = raw.strip(" ") if raw.startswith(" ") else raw
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        side, _, text = line.lstrip().partition(":")
+        text = text[1:] if text.startswith(" ") else text
+        if side == "C":
+            yield number, "C", text
+        elif side == "S":
+            yield number, "S", text
+        else:
+            raise TranscriptError(f"line {number}: lines start with 'C:' or 'S:', not {raw!r}")
+
+
+def check_reply(number: int, expected: str, reply: str | None) -> None:
+    """Raise TranscriptError unless the reply's last line matches the ``S:`` pattern."""
+    if reply is None:
+        raise TranscriptError(f"line {number}: expected {expected!r}, the server said nothing")
+    last = reply.rsplit("\n", 1)[-1]
+    if not fnmatch.fnmatchcase(last, expected):
+        raise TranscriptError(f"line {number}: expected {expected!r}, got {last!r}")
+
+
 def run_transcript(
     script: str,
     router: Router[Handler],
@@ -145,26 +176,16 @@ def run_transcript(
     )
     player = _Player(session, result)
     player.run(session.start())
-    for number, raw in enumerate(script.splitlines(), 1):
-        line = raw.strip(" ") if raw.startswith(" ") else raw
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        side, _, text = line.lstrip().partition(":")
-        text = text[1:] if text.startswith(" ") else text
+    for number, side, text in script_steps(script):
         if side == "C":
             if result.closed:
                 raise TranscriptError(f"line {number}: the server closed the connection")
             player.run(session.receive_data(text.encode("utf-8") + b"\r\n"))
-        elif side == "S":
-            reply = player.next_reply()
-            if reply is None:
-                raise TranscriptError(f"line {number}: expected {text!r}, the server said nothing")
-            result.replies.append(reply)
-            last = reply.rsplit("\n", 1)[-1]
-            if not fnmatch.fnmatchcase(last, text):
-                raise TranscriptError(f"line {number}: expected {text!r}, got {last!r}")
         else:
-            raise TranscriptError(f"line {number}: lines start with 'C:' or 'S:', not {raw!r}")
+            reply = player.next_reply()
+            check_reply(number, text, reply)
+            assert reply is not None
+            result.replies.append(reply)
     leftover = player.next_reply()
     if leftover is not None:
         raise TranscriptError(f"the server said more than the script expects: {leftover!r}")

@@ -21,7 +21,9 @@ from smtp_core import (
     Router,
     ServerConfig,
     SessionInfo,
+    TranscriptError,
 )
+from smtp_sync import play_transcript
 
 from .servers import KINDS, TLS, Collect, running
 
@@ -293,3 +295,34 @@ def test_graceful_shutdown_sends_421_to_idle_sessions(kind: str, router: Router[
 @pytest.fixture(autouse=True)
 def _no_leaks() -> Iterator[None]:
     yield
+
+
+LIVE_SCRIPT = """
+S: 220 *
+C: EHLO client.example
+S: 250 *
+C: MAIL FROM:<alice@example.org>
+S: 250 2.1.0 *
+C: RCPT TO:<nobody@nowhere.example>
+S: 550 5.1.1 *
+C: RCPT TO:<bob@example.com>
+S: 250 2.1.5 *
+C: DATA
+S: 354 *
+C: Subject: transcript
+C:
+C: ..dot
+C: .
+S: 250 2.0.0 *
+C: QUIT
+S: 221 *
+"""
+
+
+def test_transcript_against_live_server(kind: str, router: Router[Any], box: Collect) -> None:
+    with running(kind, router) as server:
+        replies = play_transcript(LIVE_SCRIPT, "127.0.0.1", server.port)
+    assert len(replies) == 8 and replies[1].startswith("250-")
+    assert box.contents == [b"Subject: transcript\r\n\r\n.dot\r\n"]
+    with running(kind, router) as server, pytest.raises(TranscriptError, match="line 3"):
+        play_transcript("S: 220 *\nC: NOOP\nS: 550 *\n", "127.0.0.1", server.port)

@@ -1,0 +1,75 @@
+"""Play the same ``C:``/``S:`` scripts as ``smtp_core.run_transcript`` against a live server.
+
+The script syntax and the matching rule are smtp_core's (``script_steps``, ``check_reply``);
+this module only adds a socket. Use it to check a deployed server, or one started in a test.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+from smtp_core._transcript import TranscriptError, check_reply, script_steps
+
+__all__ = ["play_transcript"]
+
+
+class _Replies:
+    """Complete replies read from the socket, multi-line ones joined with "\\n"."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = bytearray()
+
+    def next(self) -> str | None:
+        lines: list[str] = []
+        start = 0
+        while True:
+            end = self.buffer.find(b"\r\n", start)
+            if end < 0:
+                try:
+                    data = self.sock.recv(65536)
+                except TimeoutError:
+                    return None
+                if not data:
+                    return None
+                self.buffer += data
+                continue
+            line = self.buffer[start:end].decode("utf-8", "replace")
+            lines.append(line)
+            start = end + 2
+            if line[3:4] != "-":
+                del self.buffer[:start]
+                return "\n".join(lines)
+
+
+def play_transcript(
+    script: str,
+    host: str,
+    port: int,
+    *,
+    timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> list[str]:
+    """Connect, play ``script`` and return every reply; raise TranscriptError at a mismatch.
+
+    With ``ssl_context`` the connection is TLS from the start (implicit TLS, RFC 8314).
+    """
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        sock: socket.socket = raw
+        if ssl_context is not None:
+            sock = ssl_context.wrap_socket(raw, server_hostname=host)
+        replies = _Replies(sock)
+        seen: list[str] = []
+        for number, side, text in script_steps(script):
+            if side == "C":
+                try:
+                    sock.sendall(text.encode("utf-8") + b"\r\n")
+                except OSError as exc:
+                    raise TranscriptError(f"line {number}: cannot send: {exc}") from None
+            else:
+                reply = replies.next()
+                check_reply(number, text, reply)
+                assert reply is not None
+                seen.append(reply)
+        return seen
