@@ -119,7 +119,7 @@ def _tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
     try:
         import trustme
     except ImportError:  # pragma: no cover - depends on the environment
-        message = "smtp_server(tls=True) needs trustme: pip install trustme")
+        message = "smtp_server(tls=True) needs trustme: pip install trustme"
         raise pytest.UsageError(message) from None
     ca = trustme.CA()
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
