@@ -37,7 +37,11 @@ class DotReader:
         self, max_size: int | None, max_line_length: int | None, reject_bare_lf: bool
     ) -> None:
         self.size = 0
-        self.reject: Reply | None = None
+        # Each check keeps its own verdict, so the reply does not depend on how the bytes were
+        # split: size first, then bare LF, then line length (see ``reject``).
+        self._too_big = False
+        self._bare_lf = False
+        self._line_too_long = False
         self._max_size = max_size
         self._long_line = (
             None if max_line_length is None else re.compile(rb"\n[^\n]{%d}" % max_line_length)
@@ -48,6 +52,17 @@ class DotReader:
         self._started = False
         self._strip_prefix = True
         self._finished = False
+
+    @property
+    def reject(self) -> Reply | None:
+        """Why the message is refused (None: it is not); content stops flowing once set."""
+        if self._too_big:
+            return REPLY_TOO_BIG
+        if self._bare_lf:
+            return REPLY_BARE_LF
+        if self._line_too_long:
+            return REPLY_LINE_TOO_LONG
+        return None
 
     def read(self, buf: bytearray) -> DataChunk | EndOfData | None:
         """Consume what can be consumed; None means more bytes are needed."""
@@ -82,18 +97,17 @@ class DotReader:
     def _check(self, piece: bytes) -> bytes:
         """The piece as content, or b"" once the message is refused (its size still counts)."""
         if piece.count(b"\n") != piece.count(b"\r\n"):
-            if self._reject_bare_lf and self.reject is None:
-                self.reject = REPLY_BARE_LF
+            self._bare_lf = self._bare_lf or self._reject_bare_lf
             piece = _BARE_LF.sub(b"\r\n", piece)
-        if self.reject is None and self._long_line is not None and self._too_long(piece):
-            self.reject = REPLY_LINE_TOO_LONG
+        if not self._line_too_long and self._long_line is not None and self._too_long(piece):
+            self._line_too_long = True
         data = piece.replace(b"\r\n.", b"\r\n")
         if self._strip_prefix:  # the CRLF we put in front in read(): not the client's
             data = data[2:]
             self._strip_prefix = False
         self.size += len(data)
-        if self._max_size is not None and self.size > self._max_size and self.reject is None:
-            self.reject = REPLY_TOO_BIG
+        if self._max_size is not None and self.size > self._max_size:
+            self._too_big = True
         return data if self.reject is None else b""
 
     def _too_long(self, piece: bytes) -> bool:

@@ -88,8 +88,7 @@ class SMTPTestServer:
         with self._lock:
             contents = [envelope.as_bytes() for envelope in self.envelopes]
         return [
-            email.message_from_bytes(content, policy=email.policy.default)
-            for content in contents
+            email.message_from_bytes(content, policy=email.policy.default) for content in contents
         ]
 
     def clear(self) -> None:
