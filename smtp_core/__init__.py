@@ -37,6 +37,7 @@ from ._events import (
     StartTLS,
     Verify,
 )
+from ._metrics import Metrics
 from ._params import ParamError, xtext_decode, xtext_encode
 from ._proxy import ProxyError, encode_proxy_header, parse_proxy_header
 from ._router import Router, default_router, handle
@@ -106,6 +107,7 @@ __all__ = (
     "LoginMechanism",
     "MailFrom",
     "MailParams",
+    "Metrics",
     "Noop",
     "ParamError",
     "PlainClient",

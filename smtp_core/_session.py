@@ -41,6 +41,7 @@ from ._events import (
     Sentinel,
     StartTLS,
 )
+from ._metrics import Metrics
 from ._router import Router
 from ._server import ServerConnection
 from ._state import ServerState
@@ -221,8 +222,10 @@ class Session:
         peer: tuple[str, int] | None = None,
         tls: TLSInfo | None = None,
         proxy_protocol: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config or ServerConfig()
+        self.metrics = metrics if metrics is not None else Metrics()
         self.conn = ServerConnection(
             self.config, tls=tls is not None, proxy_protocol=proxy_protocol
         )
@@ -252,6 +255,7 @@ class Session:
 
     def start(self) -> list[Action]:
         """The first Actions: the PROXY header wait, the connect hook, or the greeting."""
+        self.metrics.add(connections=1, connections_open=1)
         return self._advance(None)
 
     def receive_data(self, data: bytes) -> list[Action]:
@@ -260,6 +264,7 @@ class Session:
             return []
         if self._waiting is not None:
             raise RuntimeError("resolve the pending action before feeding more data")
+        self.metrics.add(bytes_received=len(data))
         self.conn.receive_data(data)
         return self._advance(None)
 
@@ -279,7 +284,7 @@ class Session:
     def _abandon(self, reply: Reply) -> list[Action]:
         if self._closed:
             return []
-        self._closed = True
+        self._mark_closed()
         self._waiting = None
         self._conversation.close()
         log.info("closing: %s", reply.text, extra=self._log_extra)
@@ -310,14 +315,21 @@ class Session:
         if isinstance(question, Action):
             actions.append(question)
             if isinstance(question, Close):
-                self._closed = True
+                self._mark_closed()
             else:
                 self._waiting = question
         return actions
 
+    def _mark_closed(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.metrics.add(connections_open=-1)
+
     # --- the conversation ----------------------------------------------------------------
 
     def _reply(self, reply: Reply) -> None:
+        if reply.code >= 400:
+            self.metrics.reject(reply.code)
         self._out += self.conn.send(reply)
 
     def _converse(self) -> Generator[_Question, object, None]:
@@ -445,9 +457,31 @@ class Session:
         if self.info.lmtp:
             for reply in replies:
                 self._reply(reply)
+            final = min(replies, key=lambda r: r.code)  # accepted if any recipient accepted it
         else:
-            self._reply(_combined(replies))
+            final = _combined(replies)
+            self._reply(final)
+        self._account(event.size, final, sum(r.code < 400 for r in replies))
         self._reset_transaction()
+
+    def _account(self, size: int, final: Reply, accepted: int) -> None:
+        """Count and log one finished transaction: its size and its outcome."""
+        assert self._mail is not None
+        if final.code < 400:
+            self.metrics.add(
+                transactions_accepted=1, message_bytes=size, recipients_accepted=accepted
+            )
+        else:
+            self.metrics.add(transactions_refused=1)
+        log.info(
+            "message from <%s> for %d recipients, %d octets: %d %s",
+            self._mail.address,
+            len(self._recipients),
+            size,
+            final.code,
+            final.enhanced or "",
+            extra={**self._log_extra, "size": size, "reply_code": final.code},
+        )
 
     def _deliver(self) -> Generator[_Question, object, list[Reply]]:
         """Call each handler once with its recipients; one reply per recipient, in order."""
@@ -491,6 +525,7 @@ class Session:
     def _authenticate(self, event: AuthCredentials) -> Generator[_Question, object, None]:
         identity = yield Authenticate(self.policy.authenticate, (event.credentials, self.info))
         if isinstance(identity, str):
+            self.metrics.add(auth_successes=1)
             self._reply(R_AUTH_OK)
             self.info = attrs.evolve(self.info, auth_identity=identity)
             log.info("authenticated as %s", identity, extra=self._log_extra)
@@ -502,15 +537,18 @@ class Session:
             self._reply(Reply(454, "Temporary authentication failure", "4.7.0"))
         else:
             self._reply(R_AUTH_FAILED)
+        self.metrics.add(auth_failures=1)
         log.info("authentication failed for %r", event.credentials.username, extra=self._log_extra)
 
     def _start_tls(self, event: StartTLS) -> Generator[_Question, object, None]:
         self._reply(event.default_reply)
         tls = yield UpgradeToTLS()
         if not isinstance(tls, TLSInfo):
+            self.metrics.add(tls_failures=1)
             log.info("TLS handshake failed: %s", tls, extra=self._log_extra)
             yield Close()
             return
+        self.metrics.add(tls_handshakes=1)
         self.info = attrs.evolve(self.info, tls=tls, helo=None, auth_identity=None)
         self._reset_transaction()
 
@@ -535,7 +573,14 @@ class Session:
 
     @property
     def _log_extra(self) -> dict[str, Any]:
-        return {"session_id": self.info.session_id}
+        """Structured fields on every record: who, over what, as whom (never secrets)."""
+        info = self.info
+        return {
+            "session_id": info.session_id,
+            "peer": info.peer,
+            "tls": info.tls.version if info.tls else None,
+            "auth_identity": info.auth_identity,
+        }
 
 
 def _combined(replies: list[Reply]) -> Reply:

@@ -20,6 +20,7 @@ from smtp_core import (
     Deliver,
     Envelope,
     LoginMechanism,
+    Metrics,
     PlainMechanism,
     Policy,
     ProxyHeader,
@@ -310,3 +311,43 @@ def test_check_recipient_not_called_for_unrouted(router: Router[Any]) -> None:
     runner.feed(b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@nowhere.example>\r\n")
     assert runner.codes()[-1] == "550 5.1.1"
     assert not any(isinstance(c, CheckRecipient) for c in runner.calls)
+
+
+def test_metrics_count_what_happened(router: Router[Any], box: Box) -> None:
+    metrics = Metrics()
+    auth = ServerConfig(
+        auth_mechanisms=(PlainMechanism,), auth_require_tls=False, max_message_size=100
+    )
+    runner = Runner(router, config=auth, policy=Hooks(authenticate="alice"), metrics=metrics)
+    script = (
+        f"EHLO c\r\nAUTH PLAIN {PLAIN}\r\n".encode()
+        + TRANSACTION
+        + b"hello\r\n.\r\n"
+        + b"MAIL FROM:<a@x.org>\r\nRCPT TO:<nobody@nowhere.example>\r\n"
+        + b"RCPT TO:<b@example.com>\r\nDATA\r\n"
+        + b"z" * 200
+        + b"\r\n.\r\nQUIT\r\n"
+    )
+    runner.feed(script)
+    assert runner.closed
+    assert metrics.connections == 1 and metrics.connections_open == 0
+    assert metrics.bytes_received == len(script)
+    assert (metrics.transactions_accepted, metrics.transactions_refused) == (1, 1)
+    assert metrics.message_bytes == 7 and metrics.recipients_accepted == 1
+    assert metrics.auth_successes == 1 and metrics.rejects == {550: 1, 552: 1}
+    text = metrics.render_prometheus()
+    assert "# TYPE smtpmux_connections_open gauge\nsmtpmux_connections_open 0\n" in text
+    assert 'smtpmux_rejects_total{code="552"} 1\n' in text
+    assert "smtpmux_transactions_accepted_total 1\n" in text
+
+
+def test_transaction_log_is_structured(
+    router: Router[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="smtpmux.session")
+    runner = Runner(router)
+    runner.feed(TRANSACTION + b"hello\r\n.\r\n")
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("message from")]
+    assert record.__dict__["session_id"] == "S1" and record.__dict__["size"] == 7
+    assert record.__dict__["reply_code"] == 250
+    assert record.__dict__["peer"] == ("198.51.100.7", 50000)
