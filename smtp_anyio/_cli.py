@@ -1,9 +1,14 @@
-"""The ``smtpmux`` command line: ``serve`` (works with no options), ``send``, ``hash-password``."""
+"""The ``smtpmux`` command line: ``serve`` (works with no options) and ``hash-password``.
+
+Every bad option or unusable file ends the command with one line on stderr and exit code 2;
+SIGTERM or SIGINT stops a server gracefully with exit code 0. See docs/cli.md.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import logging
 import signal
 import ssl
@@ -14,7 +19,15 @@ from typing import Any, NoReturn
 
 import anyio
 
-from smtp_core import LoginMechanism, PlainMechanism, Policy, Router, ServerConfig
+from smtp_core import (
+    Credentials,
+    LoginMechanism,
+    PlainMechanism,
+    Policy,
+    Router,
+    ServerConfig,
+    SessionInfo,
+)
 from smtp_sync import Server as SyncServer
 from smtp_sync._auth_file import AuthFilePolicy, hash_password, load_auth_file
 from smtp_sync.handlers import Discard, EmlDirectory, Maildir, Printer
@@ -148,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=300.0,
         metavar="SECONDS",
-        help="idle timeout waiting for a command (default 300)",
+        help="seconds to wait for the client's next command before 421 (default 300)",
     )
     serve.add_argument(
         "--debug",
@@ -156,7 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="log the protocol trace (AUTH secrets redacted) and print messages",
     )
     hashing = commands.add_parser("hash-password", help="print a salted hash for --auth-file")
-    hashing.add_argument("password", nargs="?", help="the password (default: read from stdin)")
+    hashing.add_argument(
+        "password",
+        nargs="?",
+        help="the password (default: prompt, or one line of standard input; an argument is "
+        "visible to other users in the process list)",
+    )
     return parser
 
 
@@ -203,8 +221,9 @@ def _servers(args: argparse.Namespace) -> list[dict[str, Any]]:
         "relay_domains": frozenset(d.lower().rstrip(".") for d in args.relay_domain) or None,
     }
     if args.auth_file:
+        kind = AuthFilePolicy if args.backend == "sync" else _ThreadedAuthFilePolicy
         try:
-            policy: Policy = AuthFilePolicy(load_auth_file(args.auth_file), **limits)
+            policy: Policy = kind(load_auth_file(args.auth_file), **limits)
         except (OSError, ValueError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read --auth-file: {exc}") from None
     else:
@@ -227,6 +246,13 @@ def _servers(args: argparse.Namespace) -> list[dict[str, Any]]:
     return servers
 
 
+class _ThreadedAuthFilePolicy(AuthFilePolicy):
+    """On an event loop, the deliberately slow hash check runs in a worker thread."""
+
+    async def authenticate(self, credentials: Credentials, info: SessionInfo) -> str | None:
+        return await anyio.to_thread.run_sync(self.check, credentials)
+
+
 def _debugging(handler: Any) -> Any:
     printer = Printer(sys.stderr)
 
@@ -238,29 +264,33 @@ def _debugging(handler: Any) -> Any:
 
 
 async def _serve_anyio(servers: list[dict[str, Any]]) -> None:
-    async with contextlib.AsyncExitStack() as stack:  # leaving it stops every server gracefully
-        for options in servers:
-            server = await stack.enter_async_context(Server(**options))
-            _announce(server.host, server.port, server.implicit_tls)
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # Signals are caught before the first "listening on" line, so a supervisor (or a test) that
+    # sends SIGTERM as soon as it reads that line always gets the graceful stop and exit code 0.
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with contextlib.AsyncExitStack() as stack:  # leaving it stops every server
+            for options in servers:
+                server = await stack.enter_async_context(Server(**options))
+                _announce(server.host, server.port, server.implicit_tls)
             async for _ in signals:
                 print("smtpmux: stopping", file=sys.stderr, flush=True)
                 break
 
 
 def _announce(host: str, port: int, implicit_tls: bool) -> None:
+    """The line that says the server is ready, with the bound port (also for ``:0``)."""
+    shown = f"[{host}]" if ":" in host else host
     tls = " (implicit TLS)" if implicit_tls else ""
-    print(f"smtpmux: listening on {host}:{port}{tls}", file=sys.stderr, flush=True)
+    print(f"smtpmux: listening on {shown}:{port}{tls}", file=sys.stderr, flush=True)
 
 
 def _serve_sync(servers: list[dict[str, Any]]) -> None:
     running = [SyncServer(**options) for options in servers]
-    for server in running:
-        server.bind()
-        _announce(server.host, server.port, server.implicit_tls)
-    done = threading.Event()
+    stopping, done = threading.Event(), threading.Event()
 
     def stop(signum: int, frame: object) -> None:
+        if stopping.is_set():  # a second signal while stopping changes nothing
+            return
+        stopping.set()
         print("smtpmux: stopping", file=sys.stderr, flush=True)
 
         def stop_all() -> None:
@@ -270,8 +300,11 @@ def _serve_sync(servers: list[dict[str, Any]]) -> None:
 
         threading.Thread(target=stop_all).start()
 
-    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGINT, stop)  # before "listening on": see _serve_anyio
     signal.signal(signal.SIGTERM, stop)
+    for server in running:
+        server.bind()
+        _announce(server.host, server.port, server.implicit_tls)
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in running]
     for thread in threads:
         thread.start()
@@ -313,7 +346,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "hash-password":
-        password = args.password if args.password is not None else sys.stdin.readline().rstrip("\n")
-        print(hash_password(password))
-        return 0
+        return _hash_password(args.password)
     return 2
+
+
+def _hash_password(password: str | None) -> int:
+    """Print the hash of the password given, typed (not echoed) or piped on standard input."""
+    if password is None:
+        if sys.stdin.isatty():
+            password = getpass.getpass("Password: ")
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("smtpmux: the password is empty", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0

@@ -149,7 +149,11 @@ class Server:
         tls = None
         if self.implicit_tls:
             assert self.ssl_context is not None
-            stream = await self._handshake(stream)
+            try:
+                stream = await self._handshake(stream)
+            except Exception as exc:  # the client's failure (plaintext, bad version, timeout)
+                log.info("TLS handshake with %s failed: %r", peer_address, exc)
+                return
             tls = tls_info(stream)
         session = Session(
             self.router,

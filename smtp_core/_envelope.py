@@ -129,8 +129,9 @@ class Envelope:
         parts[-1] += ";"
         parts.append(rfc5322_date(self.received_at))
         lines: list[str] = []
-        for part in parts:
-            if lines and len(lines[-1]) + 1 + len(part) <= 78:
+        for part in parts:  # RFC 5322 §2.1.1: at most 78 characters, the folding tab included
+            width = len(lines[-1]) + (len(lines) > 1) + 1 + len(part) if lines else 0
+            if lines and width <= 78:
                 lines[-1] += " " + part
             else:
                 lines.append(part)

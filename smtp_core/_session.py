@@ -45,6 +45,7 @@ from ._metrics import Metrics
 from ._router import Router
 from ._server import ServerConnection
 from ._state import ServerState
+from ._trace import ProtocolTrace
 
 __all__ = [
     "Action",
@@ -233,6 +234,7 @@ class Session:
         self.policy = policy or Policy()
         self.info = SessionInfo(session_id, self.config.hostname, peer=peer, tls=tls)
         self._clock = clock
+        self._trace = ProtocolTrace(self)
         self._out = bytearray()
         self._waiting: Action | None = None
         self._transactions = 0
@@ -265,6 +267,7 @@ class Session:
         if self._waiting is not None:
             raise RuntimeError("resolve the pending action before feeding more data")
         self.metrics.add(bytes_received=len(data))
+        self._trace.received(data)
         self.conn.receive_data(data)
         return self._advance(None)
 
@@ -288,7 +291,9 @@ class Session:
         self._waiting = None
         self._conversation.close()
         log.info("closing: %s", reply.text, extra=self._log_extra)
-        return [Send(self.conn.send(reply)), Close()]
+        data = self.conn.send(reply)
+        self._trace.sent(data)
+        return [Send(data), Close()]
 
     def resolve(self, action: Action, result: object) -> list[Action]:
         """Report the outcome of the Call or UpgradeToTLS ``action``; get the next Actions."""
@@ -310,7 +315,9 @@ class Session:
                 break
             actions.append(question)
         if self._out:
-            actions.append(Send(bytes(self._out)))
+            data = bytes(self._out)
+            self._trace.sent(data)
+            actions.append(Send(data))
             self._out.clear()
         if isinstance(question, Action):
             actions.append(question)
@@ -503,7 +510,7 @@ class Session:
                 rcpt_params=tuple(r.params for r in chosen),
                 session=self.info,
                 received_at=received_at,
-                transaction_id=f"{self.info.session_id}.{self._transactions}",
+                transaction_id=f"{self.info.session_id}-{self._transactions}",  # an Atom
             )
             outcome = yield Deliver(chosen[0].handler, (envelope,), spooled=self._spooled)
             reply = self._outcome(outcome, envelope)

@@ -159,7 +159,11 @@ class Server:
         peer = (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
         tls = None
         if self.implicit_tls:
-            sock = self._handshake(sock)
+            try:
+                sock = self._handshake(sock)
+            except OSError as exc:  # the client's failure (plaintext, bad version, timeout)
+                log.info("TLS handshake with %s failed: %r", peer, exc)
+                return
             tls = _tls_info(sock)
         session = Session(
             self.router,

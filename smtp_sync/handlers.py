@@ -36,7 +36,12 @@ class Maildir:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._maildir = mailbox.Maildir(self.path, create=True)
+        # mailbox.Maildir(create=True) leaves an existing directory as it is, so one made by
+        # hand (``mkdir mail``) would fail every delivery; and a file there is an error now,
+        # not at the first message.
+        for part in ("tmp", "new", "cur"):
+            (self.path / part).mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._maildir = mailbox.Maildir(self.path, create=False)
         self._lock = threading.Lock()
 
     def __call__(self, envelope: Envelope) -> None:

@@ -119,7 +119,7 @@ def test_received_header(router: Router[Any], boxes: dict[str, Mailbox]) -> None
     header = boxes["bob"].envelopes[0].received_header()
     assert header == (
         b"Received: from client.example ([192.0.2.1]) by mx.example.com (smtpmux)\r\n"
-        b"\twith ESMTP id T1.1 for <bob@example.com>; Thu, 01 Jan 2026 12:00:00 +0000\r\n"
+        b"\twith ESMTP id T1-1 for <bob@example.com>; Thu, 01 Jan 2026 12:00:00 +0000\r\n"
     )
 
 

@@ -1,0 +1,81 @@
+"""The protocol trace every Session logs at DEBUG (``smtpmux serve --debug``), secrets redacted.
+
+Every command line and reply line goes to the ``smtpmux.trace`` logger as ``C:`` or ``S:``.
+Message content is summarised by size, not copied. SASL secrets never reach the log: an AUTH
+line keeps only its mechanism name, and every client line after it is replaced by
+``<redacted>`` until the server answers with something other than a 334 challenge. That rule
+needs no knowledge of the mechanism and also covers clients that (wrongly) send their responses
+before the challenge arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from ._state import ServerState
+
+if TYPE_CHECKING:
+    from ._session import Session
+
+__all__ = ["ProtocolTrace"]
+
+log = logging.getLogger("smtpmux.trace")
+
+_MAX_SHOWN = 200  #: characters of a line shown in the trace
+_MAX_PARTIAL = 4096  #: an unterminated line longer than this is shown as it is
+
+
+class ProtocolTrace:
+    """The trace of one connection. The Session calls ``received`` before it feeds bytes to
+    the engine and ``sent`` for every Send it returns; both return at once when DEBUG is off."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._partial = b""
+        self._in_auth = False
+
+    @property
+    def enabled(self) -> bool:
+        return log.isEnabledFor(logging.DEBUG)
+
+    def received(self, data: bytes) -> None:
+        if not self.enabled:
+            return
+        if not data:
+            self._line("C:", "<end of stream>")
+            return
+        if self._session.conn.state is ServerState.DATA:
+            self._partial = b""
+            self._line("C:", f"<{len(data)} octets of message content>")
+            return
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > _MAX_PARTIAL:
+            lines.append(self._partial)
+            self._partial = b""
+        for raw in lines:
+            self._line("C:", self._redacted(raw.rstrip(b"\r")))
+
+    def sent(self, data: bytes) -> None:
+        if not self.enabled:
+            return
+        for raw in data.split(b"\r\n"):
+            if raw:
+                self._in_auth = self._in_auth and raw.startswith(b"334")
+                self._line("S:", raw.decode("utf-8", "backslashreplace"))
+
+    def _redacted(self, line: bytes) -> str:
+        words = line.split(None, 2)
+        if words and words[0].upper() == b"AUTH":
+            self._in_auth = True
+            shown = b" ".join(words[:2])
+            return shown.decode("ascii", "backslashreplace") + (" <redacted>" * (len(words) > 2))
+        if self._in_auth:
+            return "<redacted>"
+        return line.decode("utf-8", "backslashreplace")
+
+    def _line(self, who: str, text: str) -> None:
+        if len(text) > _MAX_SHOWN:
+            text = f"{text[:_MAX_SHOWN]}... ({len(text)} characters)"
+        log.debug("%s %s %s", self._session.info.session_id, who, text)
