@@ -7,9 +7,8 @@ write, upgrade to TLS, call hooks and handlers, spool to a file, enforce timeout
 from __future__ import annotations
 
 import inspect
-import itertools
 import logging
-import os
+import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import anyio
+import anyio.streams.stapled
 import attrs
 from anyio.abc import ByteStream, SocketAttribute, SocketListener, TaskStatus
 from anyio.streams.tls import TLSAttribute, TLSStream
@@ -27,6 +27,7 @@ from smtp_core import (
     Close,
     Deliver,
     Handler,
+    Metrics,
     Policy,
     Router,
     Send,
@@ -36,17 +37,12 @@ from smtp_core import (
     TLSInfo,
     UpgradeToTLS,
 )
-from smtp_sync._spool import SpoolFile, call_arguments, utc_now
+from smtp_sync._spool import SpoolFile, call_arguments, new_session_id, utc_now
 
 __all__ = ["Server", "serve"]
 
 log = logging.getLogger("smtpmux.server")
-_ids = itertools.count(1)
 _REFUSE_FULL = b"421 4.7.0 Too many connections, try again later\r\n"
-
-
-def new_session_id() -> str:
-    return f"{os.getpid():x}{next(_ids):06x}"
 
 
 def tls_info(stream: ByteStream) -> TLSInfo:
@@ -78,6 +74,9 @@ class Server:
     max_connections: int = 1000
     shutdown_timeout: float = 30.0
     clock: Callable[[], datetime] = utc_now
+    metrics: Metrics = attrs.Factory(Metrics)  #: shared by every session of this server
+    reuse_port: bool = False  #: SO_REUSEPORT: several processes serve one port (--workers)
+    sock: socket.socket | None = None  #: an already listening socket to serve (inherited)
     _sessions: set[Session] = attrs.field(init=False, factory=set)
     _stopping: bool = attrs.field(init=False, default=False)
     _task_group: Any = attrs.field(init=False, default=None)
@@ -90,7 +89,13 @@ class Server:
             self.config = attrs.evolve(self.config, starttls=True)
 
     async def __aenter__(self) -> Server:
-        self._listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+        if self.sock is not None:
+            adopted = await SocketListener.from_socket(self.sock)
+            self._listener = anyio.streams.stapled.MultiListener([adopted])
+        else:
+            self._listener = await anyio.create_tcp_listener(
+                local_host=self.host, local_port=self.port, reuse_port=self.reuse_port
+            )
         self.port = self._listener.extra(SocketAttribute.local_port)
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
@@ -153,7 +158,9 @@ class Server:
                 stream = await self._handshake(stream)
             except Exception as exc:  # the client's failure (plaintext, bad version, timeout)
                 log.info("TLS handshake with %s failed: %r", peer_address, exc)
+                self.metrics.add(tls_failures=1)
                 return
+            self.metrics.add(tls_handshakes=1)
             tls = tls_info(stream)
         session = Session(
             self.router,
@@ -164,6 +171,7 @@ class Server:
             peer=peer_address,
             tls=tls,
             proxy_protocol=peer_address is not None and peer_address[0] in self.proxy_protocol_from,
+            metrics=self.metrics,
         )
         self._sessions.add(session)
         spool = SpoolFile()

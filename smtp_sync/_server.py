@@ -6,9 +6,7 @@ Like smtp_anyio, it only carries out the Session's Actions; no SMTP logic lives 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
-import os
 import socket
 import ssl
 import threading
@@ -24,6 +22,7 @@ from smtp_core import (
     Call,
     Close,
     Handler,
+    Metrics,
     Policy,
     Router,
     Send,
@@ -34,12 +33,11 @@ from smtp_core import (
     UpgradeToTLS,
 )
 
-from ._spool import SpoolFile, call_arguments, utc_now
+from ._spool import SpoolFile, call_arguments, new_session_id, utc_now
 
 __all__ = ["Server"]
 
 log = logging.getLogger("smtpmux.server")
-_ids = itertools.count(1)
 _REFUSE_FULL = b"421 4.7.0 Too many connections, try again later\r\n"
 _READ_SIZE = 256 * 1024
 
@@ -65,6 +63,9 @@ class Server:
     max_connections: int = 200  #: threads cost ~28 KiB each; an event loop scales further
     shutdown_timeout: float = 30.0
     clock: Callable[[], datetime] = utc_now
+    metrics: Metrics = attrs.Factory(lambda: Metrics(lock=threading.Lock()))
+    reuse_port: bool = False  #: SO_REUSEPORT: several processes serve one port (--workers)
+    sock: socket.socket | None = None  #: an already listening socket to serve (inherited)
     _listener: socket.socket | None = attrs.field(init=False, default=None)
     _sessions: dict[Session, socket.socket] = attrs.field(init=False, factory=dict)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
@@ -78,11 +79,16 @@ class Server:
 
     def bind(self) -> None:
         """Open the listening socket (``port`` becomes the bound port)."""
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.host, self.port))
-        listener.listen(512)
+        if self.sock is not None:
+            listener = self.sock
+        else:
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            listener = socket.socket(family, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            listener.bind((self.host, self.port))
+            listener.listen(512)
         listener.settimeout(0.2)  # so serve_forever notices stop()
         self.port = listener.getsockname()[1]
         self._listener = listener
@@ -163,17 +169,20 @@ class Server:
                 sock = self._handshake(sock)
             except OSError as exc:  # the client's failure (plaintext, bad version, timeout)
                 log.info("TLS handshake with %s failed: %r", peer, exc)
+                self.metrics.add(tls_failures=1)
                 return
+            self.metrics.add(tls_handshakes=1)
             tls = _tls_info(sock)
         session = Session(
             self.router,
             clock=self.clock,
-            session_id=f"{os.getpid():x}{next(_ids):06x}",
+            session_id=new_session_id(),
             config=self.config,
             policy=self.policy,
             peer=peer,
             tls=tls,
             proxy_protocol=peer is not None and peer[0] in self.proxy_protocol_from,
+            metrics=self.metrics,
         )
         with self._lock:
             self._sessions[session] = sock

@@ -1,7 +1,10 @@
-"""Large-message spooling for both adapters: the file behind the Session's Spool actions."""
+"""What both adapters share: the spool file behind the Session's Spool actions, the call
+arguments of a Deliver, session ids and the wall clock."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import tempfile
 from datetime import UTC, datetime
 from typing import BinaryIO
@@ -10,11 +13,19 @@ import attrs
 
 from smtp_core import Call, Deliver, Spool
 
-__all__ = ["SpoolFile", "call_arguments", "utc_now"]
+__all__ = ["SpoolFile", "call_arguments", "new_session_id", "utc_now"]
+
+
+_ids = itertools.count(1)
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def new_session_id() -> str:
+    """Unique across the processes of one host: the process id, then a counter (hex)."""
+    return f"{os.getpid():x}{next(_ids):06x}"
 
 
 class SpoolFile:
