@@ -66,6 +66,8 @@ def _parse_v1(data: bytes | bytearray) -> tuple[ProxyHeader, int] | None:
 
 
 def _v1_address(text: str, family: str) -> str:
+    if "%" in text:  # ipaddress takes "fe80::1%anything"; the header carries bare addresses only
+        raise ProxyError(f"v1 header has a bad address {text!r}")
     try:
         address = ipaddress.ip_address(text)
     except ValueError:

@@ -1,0 +1,89 @@
+"""``__all__`` is the public API, exactly: guarded for every package and public module.
+
+As anyio's tests/test_all_attributes.py: each package's ``__all__`` is a tuple of names that
+exist, and every public name the package holds (submodules aside) is listed in it, so nothing
+becomes public by accident and nothing listed is missing. Public modules (no leading
+underscore) list every class and function they define; private modules list only names they
+have.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import types
+
+import pytest
+
+PACKAGES = ("smtp_core", "smtp_anyio", "smtp_sync")
+
+
+def submodules(package: str) -> list[str]:
+    path = importlib.import_module(package).__path__
+    return [
+        name
+        for _, name, _ in pkgutil.walk_packages(path, package + ".")
+        if not name.endswith(".__main__")  # running it is its import
+    ]
+
+
+MODULES = [name for package in PACKAGES for name in submodules(package)]
+PUBLIC_MODULES = [name for name in MODULES if "._" not in name]
+
+
+def public_names(module: types.ModuleType) -> set[str]:
+    return {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_package_all_is_exactly_its_public_names(package: str) -> None:
+    module = importlib.import_module(package)
+    exported = module.__all__
+    assert isinstance(exported, tuple), "STYLE.md: __all__ is a tuple"
+    assert len(set(exported)) == len(exported), "duplicates in __all__"
+    assert [name for name in exported if not hasattr(module, name)] == []
+    assert public_names(module) - set(exported) == set(), "public but not in __all__"
+    assert set(exported) - public_names(module) == set(), "in __all__ but not a public name"
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_star_import_gives_exactly_all(package: str) -> None:
+    namespace: dict[str, object] = {}
+    exec(f"from {package} import *", namespace)
+    namespace.pop("__builtins__")
+    assert set(namespace) == set(importlib.import_module(package).__all__)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_all_names_exist(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = getattr(module, "__all__", None)
+    assert exported is not None, f"{name} has no __all__"
+    assert [item for item in exported if not hasattr(module, item)] == []
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_public_module_lists_what_it_defines(name: str) -> None:
+    module = importlib.import_module(name)
+    defined = {
+        attr
+        for attr, value in vars(module).items()
+        if not attr.startswith(("_", "pytest_"))  # pytest hooks are found by name, not import
+        and (inspect.isclass(value) or isinstance(value, types.FunctionType))
+        and value.__module__ == name
+    }
+    assert defined - set(module.__all__) == set()
+
+
+def test_the_guard_notices_an_unlisted_name() -> None:
+    fake = types.ModuleType("fake")
+    fake.__all__ = ("listed",)  # type: ignore[attr-defined]
+    fake.listed = 1  # type: ignore[attr-defined]
+    fake.leaked = 2  # type: ignore[attr-defined]
+    fake.submodule = types.ModuleType("fake.submodule")  # type: ignore[attr-defined]
+    assert public_names(fake) - set(fake.__all__) == {"leaked"}
