@@ -1,4 +1,4 @@
-"""The ``smtpmux`` command line: ``serve`` (works with no options) and ``hash-password``.
+"""The ``smtpmux`` command line: ``serve`` (works with no options), ``send`` and ``hash-password``.
 
 Every bad option or unusable file ends the command with one line on stderr and exit code 2;
 SIGTERM or SIGINT stops a server gracefully with exit code 0. See docs/cli.md.
@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import getpass
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -20,18 +21,31 @@ from typing import Any, NoReturn
 import anyio
 
 from smtp_core import (
+    TLS_MODES,
+    AddressError,
     Credentials,
     LoginMechanism,
+    MessageRefused,
+    OutgoingMessage,
     PlainMechanism,
     Policy,
+    RecipientsRefused,
     Router,
+    SenderRefused,
+    SendResult,
     ServerConfig,
     SessionInfo,
+    SMTPError,
+    SMTPNotSupported,
+    format_reply,
+    parse_path,
+    prepare_message,
 )
 from smtp_sync import Server as SyncServer
 from smtp_sync._auth_file import AuthFilePolicy, hash_password, load_auth_file
 from smtp_sync.handlers import Discard, EmlDirectory, Maildir, Printer
 
+from ._client import connect
 from ._server import Server
 
 __all__ = ["main"]
@@ -168,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="log the protocol trace (AUTH secrets redacted) and print messages",
     )
+    _add_send(commands)
     hashing = commands.add_parser("hash-password", help="print a salted hash for --auth-file")
     hashing.add_argument(
         "password",
@@ -345,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "send":
+        return _send(args)
     if args.command == "hash-password":
         return _hash_password(args.password)
     return 2
@@ -362,3 +379,162 @@ def _hash_password(password: str | None) -> int:
         return 2
     print(hash_password(password))
     return 0
+
+
+# --- smtpmux send ----------------------------------------------------------------------------
+
+_SEND_REFUSED = 1  #: a recipient (or the whole message) was refused
+_SEND_FAILED = 3  #: connection, TLS, greeting, EHLO or AUTH failed; the connection broke
+
+
+def _address(text: str, *, sender: bool) -> str:
+    address = text.strip()
+    if address.startswith("<") and address.endswith(">"):
+        address = address[1:-1]
+    if sender and not address:
+        return ""  # the null reverse-path, for bounces
+    try:
+        parse_path(f"<{address}>", sender=sender, utf8=True)
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an address: {exc}") from None
+    return address
+
+
+def _add_send(commands: Any) -> None:
+    send = commands.add_parser("send", help="send a message from a file or standard input")
+    send.add_argument("file", metavar="FILE", help="the message (RFC 5322); - reads stdin")
+    send.add_argument(
+        "--from",
+        dest="mail_from",
+        type=lambda text: _address(text, sender=True),
+        metavar="ADDRESS",
+        help="envelope sender (default: the message's Sender or From)",
+    )
+    send.add_argument(
+        "--to",
+        dest="rcpt_tos",
+        action="append",
+        type=lambda text: _address(text, sender=False),
+        metavar="ADDRESS",
+        help="recipient (repeatable; default: the message's To, Cc and Bcc)",
+    )
+    send.add_argument(
+        "--server",
+        type=_host_port,
+        default=("127.0.0.1", 8025),
+        metavar="HOST:PORT",
+        help="where to send (default 127.0.0.1:8025)",
+    )
+    send.add_argument(
+        "--tls",
+        choices=TLS_MODES,
+        default="opportunistic",
+        help="STARTTLS when offered (default), required, implicit TLS (port 465), or none",
+    )
+    send.add_argument("--cafile", metavar="FILE", help="trust the CA certificates in FILE (PEM)")
+    send.add_argument(
+        "--auth",
+        metavar="USER[:PASSWORD]",
+        help="AUTH PLAIN or LOGIN (without :PASSWORD, from $SMTPMUX_PASSWORD)",
+    )
+    send.add_argument("--helo", metavar="NAME", help="our EHLO name (default: our IP literal)")
+    send.add_argument("--lmtp", action="store_true", help="speak LMTP (RFC 2033): LHLO")
+    send.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds to wait for each reply (default 60)",
+    )
+
+
+def _send_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of connect(); a bad value is a UsageError."""
+    host, port = args.server
+    if port == 0:
+        raise UsageError("--server needs a port other than 0")
+    context = None
+    if args.cafile:
+        if args.tls == "none":
+            raise UsageError("--cafile needs --tls starttls, implicit or opportunistic")
+        try:
+            context = ssl.create_default_context(cafile=args.cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(f"cannot load --cafile {args.cafile}: {exc}") from None
+    auth = None
+    if args.auth is not None:
+        user, colon, password = args.auth.partition(":")
+        if not colon:
+            password = os.environ.get("SMTPMUX_PASSWORD", "")
+            if not password:
+                raise UsageError("--auth USER needs :PASSWORD or $SMTPMUX_PASSWORD")
+        if not user:
+            raise UsageError("--auth needs a user name")
+        auth = (user, password)
+    if args.helo is not None and (not args.helo or any(c.isspace() for c in args.helo)):
+        raise UsageError(f"--helo must be one word, not {args.helo!r}")
+    return {
+        "host": host,
+        "port": port,
+        "tls": args.tls,
+        "ssl_context": context,
+        "auth": auth,
+        "timeout": args.timeout,
+        "local_hostname": args.helo,
+        "lmtp": args.lmtp,
+    }
+
+
+async def _deliver(options: dict[str, Any], envelope: OutgoingMessage) -> object:
+    """Send; the transaction's own refusals come back as values, session failures raise."""
+    async with connect(**options) as client:
+        try:
+            return await client.send_message(
+                envelope.content, mail_from=envelope.mail_from, rcpt_tos=envelope.rcpt_tos
+            )
+        except (SenderRefused, RecipientsRefused, MessageRefused, SMTPNotSupported) as exc:
+            return exc
+
+
+def _send(args: argparse.Namespace) -> int:
+    """Print one line per recipient: accepted or refused, with the server's reply."""
+    try:
+        options = _send_options(args)
+        try:
+            if args.file == "-":
+                content = sys.stdin.buffer.read()
+            else:
+                with open(args.file, "rb") as file:
+                    content = file.read()
+        except OSError as exc:
+            raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+        try:
+            envelope = prepare_message(content, mail_from=args.mail_from, rcpt_tos=args.rcpt_tos)
+        except ValueError as exc:
+            raise UsageError(f"{exc}: see --from and --to") from None
+    except UsageError as exc:
+        print(f"smtpmux: {exc}", file=sys.stderr)
+        return 2
+    try:
+        outcome = anyio.run(_deliver, options, envelope)
+    except SMTPError as exc:
+        print(f"smtpmux: {exc}", file=sys.stderr)
+        return _SEND_FAILED
+    except KeyboardInterrupt:
+        return 130
+    if isinstance(outcome, SMTPNotSupported):
+        print(f"smtpmux: not sent: {outcome}", file=sys.stderr)
+        return _SEND_REFUSED
+    if isinstance(outcome, SenderRefused):
+        replies = {address: outcome.reply for address in envelope.rcpt_tos}
+        accepted: set[str] = set()
+    else:
+        if isinstance(outcome, RecipientsRefused | MessageRefused):
+            outcome = outcome.result
+        assert isinstance(outcome, SendResult)
+        replies = {r.address: r.reply for r in outcome.recipients}
+        accepted = set(outcome.accepted)
+    for address, reply in replies.items():
+        status = "accepted" if address in accepted else "refused"
+        print(f"{status} <{address}> {format_reply(reply)}")
+    return 0 if len(accepted) == len(replies) else _SEND_REFUSED

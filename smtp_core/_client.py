@@ -547,12 +547,14 @@ class ClientConnection:
                 self._projected = _next_state(self._projected, later.command, _HOPED[later.command])
 
         extensions = None
+        if command is C.MAIL:  # a new transaction, even a refused one: the last one's are gone
+            self._accepted = []
         if outcome is _DONE:
             if command in (C.EHLO, C.LHLO):
                 extensions = self._extensions = Extensions.from_ehlo(reply)
             elif command is C.HELO:
                 extensions = self._extensions = _NONE_OFFERED
-            if command in _HELLOS or command is C.RSET or command is C.MAIL:
+            if command in _HELLOS or command is C.RSET:
                 self._accepted = []
             elif command is C.RCPT and argument is not None:
                 self._accepted.append(argument)

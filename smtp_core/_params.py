@@ -22,6 +22,8 @@ _XTEXT_CHAR = re.compile(r"\+([0-9A-F]{2})")
 _XTEXT_NEEDS = re.compile(r"[^\x21-\x2a\x2c-\x3c\x3e-\x7e]")
 _SIZE = re.compile(r"[0-9]{1,20}")
 _NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+_NO_MAIL_PARAMS = MailParams()  # frozen values: one shared instance for "no parameters"
+_NO_RCPT_PARAMS = RcptParams()
 
 
 class ParamError(Exception):
@@ -101,8 +103,12 @@ def parse_mail_params(
     text: str, config: ServerConfig, *, extended: bool, tls_active: bool
 ) -> MailParams:
     """Parse what follows ``MAIL FROM:<...>``; raise ParamError with the reply to send."""
+    if not text:
+        return _NO_MAIL_PARAMS
     fields: dict[str, Any] = {}
     extra: list[tuple[str, str | None]] = []
+    # RFC 4954 §5: AUTH= only where EHLO listed AUTH (not over plaintext when TLS is required)
+    auth_offered = bool(config.auth_mechanisms) and (tls_active or not config.auth_require_tls)
     for name, value in _split(text, extended):
         if name == "SIZE":
             if value is None or _SIZE.fullmatch(value) is None:
@@ -135,7 +141,7 @@ def parse_mail_params(
             if value is not None and len(value) > MAX_ENVID:
                 raise _syntax(name)
             fields["envid"] = _xtext(name, value)
-        elif name == "AUTH" and config.auth_mechanisms:
+        elif name == "AUTH" and auth_offered:
             fields["auth"] = "<>" if value == "<>" else _xtext(name, value)
         elif name == "REQUIRETLS" and config.requiretls:
             _flag(name, value)
@@ -151,6 +157,8 @@ def parse_mail_params(
 
 def parse_rcpt_params(text: str, config: ServerConfig, *, extended: bool) -> RcptParams:
     """Parse what follows ``RCPT TO:<...>``; raise ParamError with the reply to send."""
+    if not text:
+        return _NO_RCPT_PARAMS
     notify: tuple[str, ...] | None = None
     orcpt: tuple[str, str] | None = None
     extra: list[tuple[str, str | None]] = []

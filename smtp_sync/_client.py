@@ -1,0 +1,226 @@
+"""The blocking client: ``with connect(host, port) as client: client.send_message(message)``.
+
+The same API as smtp_anyio's client over ``socket`` and ``ssl``. Every SMTP decision lives in
+smtp_core.ClientSession; this module only carries out its steps (write, read, wrap in TLS), each
+with the socket timeout the step names.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from collections.abc import Iterable, Mapping
+from email.message import Message
+from types import TracebackType
+from typing import TypeVar
+
+from smtp_core import (
+    ClientAuth,
+    ClientSession,
+    ClientStep,
+    Extensions,
+    MailParams,
+    RcptParams,
+    Read,
+    Reply,
+    SendResult,
+    SMTPConnectionError,
+    SMTPError,
+    SMTPTimeout,
+    Steps,
+    TLSMode,
+    WrapTLS,
+    Write,
+    address_literal,
+    prepare_message,
+)
+
+__all__ = ["Client", "connect"]
+
+_T = TypeVar("_T")
+_READ_SIZE = 64 * 1024
+
+
+def connect(
+    host: str,
+    port: int,
+    *,
+    tls: TLSMode = "opportunistic",
+    ssl_context: ssl.SSLContext | None = None,
+    auth: ClientAuth | None = None,
+    timeout: float | None = 60.0,
+    local_hostname: str | None = None,
+    lmtp: bool = False,
+) -> Client:
+    """A client for ``host:port``; ``with`` connects, greets and authenticates, and sends QUIT
+    at the end. The options are those of ``smtp_anyio.connect``."""
+    return Client(
+        host,
+        port,
+        tls=tls,
+        ssl_context=ssl_context,
+        auth=auth,
+        timeout=timeout,
+        local_hostname=local_hostname,
+        lmtp=lmtp,
+    )
+
+
+class Client:
+    """One SMTP (or LMTP) connection; messages are sent one after the other over it (a lock
+    keeps threads that share the client from interleaving)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: TLSMode = "opportunistic",
+        ssl_context: ssl.SSLContext | None = None,
+        auth: ClientAuth | None = None,
+        timeout: float | None = 60.0,
+        local_hostname: str | None = None,
+        lmtp: bool = False,
+    ) -> None:
+        if ssl_context is not None and tls == "none":
+            raise ValueError("ssl_context given, but tls='none'")
+        self.host, self.port = host, port
+        self._session = ClientSession(
+            tls=tls,
+            auth=auth,
+            local_hostname=local_hostname,
+            lmtp=lmtp,
+            timeout=timeout,
+            server=f"{host}:{port}",
+        )
+        self._ssl_context = ssl_context
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def extensions(self) -> Extensions | None:
+        """What the server offered in its last EHLO/LHLO reply."""
+        return self._session.extensions
+
+    @property
+    def tls_active(self) -> bool:
+        return self._session.tls_active
+
+    @property
+    def authenticated(self) -> bool:
+        return self._session.conn.authenticated
+
+    @property
+    def round_trips(self) -> int:
+        """How often the client has waited for the server after writing (pipelining saves)."""
+        return self._session.round_trips
+
+    def __enter__(self) -> Client:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None or issubclass(exc_type, Exception):
+            self.quit()
+        else:  # KeyboardInterrupt and the like: no more conversation
+            self.close()
+
+    def open(self) -> None:
+        """Connect (with TLS from the start for ``tls="implicit"``), then greeting, EHLO,
+        STARTTLS and AUTH as configured."""
+        session = self._session
+        try:
+            self._sock = socket.create_connection((self.host, self.port), session.io_timeout)
+        except TimeoutError:
+            raise session.abort(
+                SMTPTimeout(f"cannot connect to {session.server}: no answer in time")
+            ) from None
+        except OSError as exc:
+            raise session.abort(
+                SMTPConnectionError(f"cannot connect to {session.server}: {exc.strerror or exc}")
+            ) from exc
+        try:
+            local = self._sock.getsockname()
+            if session.tls == "implicit":
+                self._carry_out(WrapTLS(session.io_timeout))
+            self._run(session.open(address_literal(str(local[0]))))
+        except BaseException:
+            self.quit()
+            raise
+
+    def send_message(
+        self,
+        message: Message | bytes,
+        *,
+        mail_from: str | None = None,
+        rcpt_tos: Iterable[str] | None = None,
+        mail_params: MailParams | None = None,
+        rcpt_params: RcptParams | Mapping[str, RcptParams] | None = None,
+    ) -> SendResult:
+        """Send one message; the envelope comes from its headers unless given (Bcc is never
+        sent). Returns each recipient's outcome; raises ``SenderRefused``,
+        ``RecipientsRefused`` or ``MessageRefused`` when nobody got it."""
+        binary = mail_params is not None and mail_params.body == "BINARYMIME"
+        outgoing = prepare_message(message, mail_from=mail_from, rcpt_tos=rcpt_tos, binary=binary)
+        with self._lock:
+            return self._run(self._session.send(outgoing, mail_params, rcpt_params))
+
+    def noop(self) -> Reply:
+        with self._lock:
+            return self._run(self._session.noop())
+
+    def quit(self) -> None:
+        """QUIT (when the connection can still say it) and close."""
+        try:
+            if self._sock is not None:
+                self._run(self._session.quit())
+        except SMTPError:
+            pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the connection without QUIT."""
+        self._session.abort(SMTPConnectionError("the client is closed"))
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def _run(self, steps: Steps[_T]) -> _T:
+        value: bytes | None = None
+        while True:
+            try:
+                step = steps.send(value)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            try:
+                value = self._carry_out(step)
+            except BaseException:
+                steps.close()
+                raise
+
+    def _carry_out(self, step: ClientStep) -> bytes | None:
+        sock = self._sock
+        if sock is None:
+            raise self._session.abort(SMTPConnectionError("the client is closed"))
+        try:
+            sock.settimeout(step.timeout)
+            if isinstance(step, Write):
+                sock.sendall(step.data)
+            elif isinstance(step, Read):
+                return sock.recv(_READ_SIZE)
+            else:
+                context = self._ssl_context or ssl.create_default_context()
+                self._sock = context.wrap_socket(sock, server_hostname=self.host)
+        except OSError as exc:  # TimeoutError and ssl.SSLError too
+            raise self._session.io_error(step, exc) from exc
+        except BaseException:  # interrupted in the middle of a step: the session cannot go on
+            self._session.abort()
+            raise
+        return None
