@@ -15,10 +15,11 @@ import signal
 import ssl
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import anyio
+import attrs
 
 from smtp_core import (
     TLS_MODES,
@@ -26,6 +27,7 @@ from smtp_core import (
     Credentials,
     LoginMechanism,
     MessageRefused,
+    Metrics,
     OutgoingMessage,
     PlainMechanism,
     Policy,
@@ -46,7 +48,9 @@ from smtp_sync._auth_file import AuthFilePolicy, hash_password, load_auth_file
 from smtp_sync.handlers import Discard, EmlDirectory, Maildir, Printer
 
 from ._client import connect
+from ._operations import JSONFormatter, MetricsEndpoint, Reloader
 from ._server import Server
+from ._workers import MetricsBoard, share_listeners, supervise
 
 __all__ = ["main"]
 
@@ -182,6 +186,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="log the protocol trace (AUTH secrets redacted) and print messages",
     )
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text lines, or one JSON object per line with the session's fields (default text)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="serve from N processes sharing the ports, restarted if they die (default 1)",
+    )
+    serve.add_argument(
+        "--metrics",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics",
+    )
     _add_send(commands)
     hashing = commands.add_parser("hash-password", help="print a salted hash for --auth-file")
     hashing.add_argument(
@@ -251,6 +274,7 @@ def _servers(args: argparse.Namespace) -> list[dict[str, Any]]:
         "config": config,
         "policy": policy,
         "proxy_protocol_from": frozenset(args.proxy_protocol),
+        "metrics": Metrics(lock=threading.Lock()),  # one per process, read by --metrics
     }
     plain = args.listen or ([] if args.tls_listen else [("127.0.0.1", 8025)])
     servers = [{**common, "host": h, "port": p, "ssl_context": context} for h, p in plain]
@@ -278,17 +302,47 @@ def _debugging(handler: Any) -> Any:
     return deliver
 
 
-async def _serve_anyio(servers: list[dict[str, Any]]) -> None:
+@attrs.define
+class _Process:
+    """One serving process: its listeners, and what it does besides serving.
+
+    ``ready`` runs once every listener accepts connections; ``tick`` runs every second and
+    returns False when the process should stop gracefully (a worker whose supervisor is gone);
+    SIGHUP calls ``reloader.reload()``.
+    """
+
+    servers: list[dict[str, Any]]
+    reloader: Reloader
+    announce: bool = True  #: print the "listening on" lines (the supervisor does for workers)
+    ready: Callable[[], None] = lambda: None
+    tick: Callable[[], bool] = lambda: True
+
+
+async def _serve_anyio(process: _Process) -> None:
     # Signals are caught before the first "listening on" line, so a supervisor (or a test) that
     # sends SIGTERM as soon as it reads that line always gets the graceful stop and exit code 0.
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with contextlib.AsyncExitStack() as stack:  # leaving it stops every server
-            for options in servers:
+            for options in process.servers:
                 server = await stack.enter_async_context(Server(**options))
-                _announce(server.host, server.port, server.implicit_tls)
-            async for _ in signals:
-                print("smtpmux: stopping", file=sys.stderr, flush=True)
-                break
+                if process.announce:
+                    _announce(server.host, server.port, server.implicit_tls)
+            process.ready()
+            async with anyio.create_task_group() as tasks:
+
+                async def ticking() -> None:
+                    while process.tick():
+                        await anyio.sleep(1)
+                    tasks.cancel_scope.cancel()
+
+                tasks.start_soon(ticking)
+                async for signum in signals:
+                    if signum != signal.SIGHUP:
+                        break
+                    process.reloader.reload()
+                tasks.cancel_scope.cancel()
+            print("smtpmux: stopping", file=sys.stderr, flush=True)
+    process.tick()  # the final counts, once every session has ended
 
 
 def _announce(host: str, port: int, implicit_tls: bool) -> None:
@@ -298,8 +352,8 @@ def _announce(host: str, port: int, implicit_tls: bool) -> None:
     print(f"smtpmux: listening on {shown}:{port}{tls}", file=sys.stderr, flush=True)
 
 
-def _serve_sync(servers: list[dict[str, Any]]) -> None:
-    running = [SyncServer(**options) for options in servers]
+def _serve_sync(process: _Process) -> None:
+    running = [SyncServer(**options) for options in process.servers]
     stopping, done = threading.Event(), threading.Event()
 
     def stop(signum: int, frame: object) -> None:
@@ -317,36 +371,65 @@ def _serve_sync(servers: list[dict[str, Any]]) -> None:
 
     signal.signal(signal.SIGINT, stop)  # before "listening on": see _serve_anyio
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, lambda signum, frame: process.reloader.reload())
     for server in running:
         server.bind()
-        _announce(server.host, server.port, server.implicit_tls)
+        if process.announce:
+            _announce(server.host, server.port, server.implicit_tls)
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in running]
     for thread in threads:
         thread.start()
-    while not done.wait(0.5):
-        pass
+    process.ready()
+    while not done.wait(1.0):
+        if not process.tick():
+            stop(signal.SIGTERM, None)
+    process.tick()
+
+
+def _run(process: _Process, backend: str) -> None:
+    if backend == "sync":
+        _serve_sync(process)
+        return
+    options: dict[str, Any] = {}
+    if backend == "asyncio":
+        try:
+            import uvloop  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            options = {"use_uvloop": True}
+    anyio.run(_serve_anyio, process, backend=backend, backend_options=options)
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if args.log_format == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, handlers=[handler])
 
 
 def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    _configure_logging(args)
     try:
         servers = _servers(args)
-        if args.backend == "sync":
-            _serve_sync(servers)
-        else:
-            options: dict[str, Any] = {}
-            if args.backend == "asyncio":
-                try:
-                    import uvloop  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
-                except ImportError:
-                    pass
-                else:
-                    options = {"use_uvloop": True}
-            anyio.run(_serve_anyio, servers, backend=args.backend, backend_options=options)
+        first = servers[0]
+        reloader = Reloader(
+            first["ssl_context"], args.tls_cert, args.tls_key, first["policy"], args.auth_file
+        )
+        if args.workers > 1:
+            return _supervise(args, servers, reloader)
+        metrics: Metrics = first["metrics"]
+        endpoint = None
+        if args.metrics:
+            endpoint = MetricsEndpoint(metrics.render_prometheus, *args.metrics)
+            endpoint.start()
+        try:
+            _run(_Process(servers, reloader), args.backend)
+        finally:
+            if endpoint is not None:
+                endpoint.stop()
     except UsageError as exc:
         print(f"smtpmux: {exc}", file=sys.stderr)
         return 2
@@ -354,6 +437,41 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"smtpmux: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _supervise(args: argparse.Namespace, servers: list[dict[str, Any]], reloader: Reloader) -> int:
+    """``--workers N``: fork N copies of this server; they share the listening ports."""
+    held = share_listeners(servers)
+    board = MetricsBoard(args.workers)
+    endpoint = None
+    if args.metrics:
+        endpoint = MetricsEndpoint(lambda: board.total().render_prometheus(), *args.metrics)
+        endpoint.start()
+    supervisor = os.getpid()
+
+    def worker(number: int, ready: Callable[[], None]) -> int:
+        if endpoint is not None:
+            endpoint.close_inherited()
+        metrics: Metrics = servers[0]["metrics"]
+
+        def tick() -> bool:
+            board.publish(number, metrics)
+            return os.getppid() == supervisor
+
+        _run(_Process(servers, reloader, False, ready, tick), args.backend)
+        return 0
+
+    def announce() -> None:
+        for options in servers:
+            _announce(options["host"], options["port"], options.get("implicit_tls", False))
+
+    try:
+        return supervise(args.workers, worker, announce, board)
+    finally:
+        if endpoint is not None:
+            endpoint.stop()
+        for sock in held:
+            sock.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

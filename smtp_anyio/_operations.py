@@ -1,0 +1,117 @@
+"""What an operator needs around a running server: JSON logs, a metrics endpoint, a reload.
+
+All of it is the same for every backend, so it is written once, with blocking code: the metrics
+endpoint is a small ``http.server`` in a daemon thread that renders the counters on each scrape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from smtp_sync._auth_file import AuthFilePolicy, load_auth_file
+
+__all__ = ["JSONFormatter", "MetricsEndpoint", "Reloader"]
+
+log = logging.getLogger("smtpmux.server")
+
+#: the structured fields the Session and the servers put on their records
+_FIELDS = ("session_id", "peer", "tls", "auth_identity", "size", "reply_code")
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the session's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for field in _FIELDS:
+            value = record.__dict__.get(field)
+            if value is not None:
+                entry[field] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class MetricsEndpoint:
+    """``GET /metrics`` in the Prometheus text format, on its own port, in a daemon thread.
+
+    ``render`` is called on each scrape (``Metrics.render_prometheus``, or the supervisor's sum
+    over its workers).
+    """
+
+    def __init__(self, render: Callable[[], str], host: str, port: int) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?", 1)[0] != "/metrics":
+                    self.send_error(404, "only /metrics is served here")
+                    return
+                body = render().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # a scrape every few seconds would drown the mail log
+
+        self._http = ThreadingHTTPServer((host, port), Handler)
+        self._http.daemon_threads = True
+        self.host, self.port = host, int(self._http.server_address[1])
+        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close_inherited(self) -> None:
+        """In a forked worker: let go of the supervisor's listening socket (no thread here)."""
+        self._http.socket.close()
+
+    def stop(self) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+
+
+class Reloader:
+    """SIGHUP: load the certificate and the auth file again, in place.
+
+    New TLS handshakes use the new certificate (``load_cert_chain`` on the same SSLContext);
+    open connections keep theirs; the auth policy swaps its user table. A file that cannot be
+    read is logged and the old one kept, so a typo never takes the server down.
+    """
+
+    def __init__(
+        self,
+        context: ssl.SSLContext | None,
+        cert: str | None,
+        key: str | None,
+        policy: object,
+        auth_file: str | None,
+    ) -> None:
+        self.context, self.cert, self.key = context, cert, key
+        self.policy, self.auth_file = policy, auth_file
+
+    def reload(self) -> None:
+        if self.context is not None and self.cert:
+            try:
+                self.context.load_cert_chain(self.cert, self.key)
+                log.info("reloaded the TLS certificate from %s", self.cert)
+            except (OSError, ssl.SSLError) as exc:
+                log.error("kept the old TLS certificate: cannot load %s: %s", self.cert, exc)
+        if self.auth_file and isinstance(self.policy, AuthFilePolicy):
+            try:
+                self.policy.users = load_auth_file(self.auth_file)
+                log.info("reloaded %d users from %s", len(self.policy.users), self.auth_file)
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                log.error("kept the old users: cannot read %s: %s", self.auth_file, exc)

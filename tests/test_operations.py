@@ -1,0 +1,321 @@
+"""Running smtpmux in production: worker processes, SIGHUP reloads, metrics, JSON logs.
+
+Each test starts ``smtpmux serve`` as a subprocess (see tests/test_cli.py) and stops it, and
+every worker process it forked, whatever happens to the test.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import signal
+import smtplib
+import ssl
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from .clients import free_port
+from .test_cli import BACKENDS, MESSAGE, Smtpmux, maildir, send
+
+WORKER = re.compile(r"worker (\d+) started \(pid (\d+)\)")
+
+
+class Supervised(Smtpmux):
+    """An ``smtpmux serve --workers N`` process; ``kill()`` also kills every worker it forked."""
+
+    def workers(self) -> dict[int, int]:
+        """Worker number -> pid of its latest incarnation."""
+        return {int(n): int(pid) for n, pid in WORKER.findall(self.stderr_so_far())}
+
+    def kill(self) -> None:
+        pids = set(self.workers().values())
+        super().kill()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[type[Supervised]]:
+    started: list[Supervised] = []
+
+    def run(*args: str) -> Supervised:
+        process = Supervised(list(args), tmp_path)
+        started.append(process)
+        return process
+
+    yield run  # type: ignore[misc]
+    for process in started:
+        process.kill()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its parent) counts as gone
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+            return False
+    return True
+
+
+def wait_until(condition: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def authenticate(port: int, user: str, password: str) -> int:
+    """AUTH PLAIN over a plain connection (the test server allows it); the reply code."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo()
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        return client.docmd("AUTH", f"PLAIN {token}")[0]
+
+
+# --- worker processes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_workers_share_the_port_and_a_dead_worker_is_replaced(
+    start: type[Supervised], tmp_path: Path, backend: str
+) -> None:
+    metrics_port = free_port()
+    server = start(
+        "serve",
+        "--workers",
+        "2",
+        "--backend",
+        backend,
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        f"127.0.0.1:{metrics_port}",
+    )
+    [port] = server.listening()
+    workers = server.workers()
+    assert sorted(workers) == [1, 2]
+    for _ in range(16):
+        send(port)
+    stored = maildir(tmp_path / "mail")
+    assert len(stored) == 16 and all(m.endswith(MESSAGE) for m in stored)
+    wait_until(lambda: scrape(metrics_port).get("smtpmux_transactions_accepted_total") == 16)
+
+    os.kill(workers[1], signal.SIGKILL)
+    wait_until(lambda: server.workers()[1] != workers[1])
+    assert "worker 1 (pid" in server.stderr_so_far() and "restarting" in server.stderr_so_far()
+    assert alive(workers[2])
+    for _ in range(4):
+        send(port)
+    assert len(maildir(tmp_path / "mail")) == 20
+    # The dead worker's counts are kept: totals never go backwards.
+    wait_until(lambda: scrape(metrics_port).get("smtpmux_transactions_accepted_total") == 20)
+
+    pids = server.workers().values()
+    assert server.stop(10) == 0
+    assert "Traceback" not in server.stderr
+    wait_until(lambda: not any(alive(pid) for pid in pids))
+
+
+def test_workers_both_take_connections(start: type[Supervised], tmp_path: Path) -> None:
+    server = start("serve", "--workers", "2", "--listen", "127.0.0.1:0", "--debug")
+    [port] = server.listening()
+    for _ in range(24):
+        send(port)
+    pids = set(server.workers().values())
+    # The Received line's id begins with the serving process's id (hex).
+    ids = re.findall(rb"with E?SMTP id ([0-9a-f]+)-", b"".join(maildir(tmp_path / "mail")))
+    assert len(ids) == 24
+    serving = {pid for pid in pids if any(i.startswith(f"{pid:x}".encode()) for i in ids)}
+    assert serving == pids  # 24 connections over SO_REUSEPORT: one-in-8-million to miss one
+    assert server.stop(10) == 0
+
+
+def test_supervisor_gone_means_workers_stop(start: type[Supervised]) -> None:
+    server = start("serve", "--workers", "2", "--listen", "127.0.0.1:0", "--discard")
+    server.listening()
+    pids = list(server.workers().values())
+    server.process.kill()  # no chance to forward anything
+    server.process.wait(10)
+    wait_until(lambda: not any(alive(pid) for pid in pids), timeout=15)
+
+
+def test_bad_workers_value_is_one_line_exit_2(start: type[Supervised]) -> None:
+    server = start("serve", "--workers", "0")
+    assert server.wait() == 2
+    assert server.stderr.count("\n") == 0 and "--workers" in server.stderr
+
+
+# --- SIGHUP ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sighup_reloads_auth_file_and_certificate_without_dropping_sessions(
+    start: type[Supervised], tmp_path: Path, workers: str
+) -> None:
+    ca = trustme.CA()
+    cert, key, auth = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "users"
+
+    def issue() -> bytes:
+        issued = ca.issue_cert("127.0.0.1")
+        issued.cert_chain_pems[0].write_to_path(str(cert))
+        issued.private_key_pem.write_to_path(str(key))
+        return issued.cert_chain_pems[0].bytes()
+
+    first = issue()
+    auth.write_text("alice:first\n")
+    server = start(
+        "serve",
+        "--workers",
+        workers,
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        "--auth-file",
+        str(auth),
+        "--discard",
+    )
+    [port] = server.listening()
+    context = ssl.create_default_context(cafile=None)
+    ca.configure_trust(context)
+
+    def served_certificate() -> bytes:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.starttls(context=context)
+            der = client.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+            assert der is not None
+            return ssl.DER_cert_to_PEM_cert(der).encode()
+
+    def login(user: str, password: str) -> int:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.starttls(context=context)
+            client.ehlo()
+            token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+            return client.docmd("AUTH", f"PLAIN {token}")[0]
+
+    assert _normalise(served_certificate()) == _normalise(first)
+    assert login("alice", "first") == 235
+    open_session = smtplib.SMTP("127.0.0.1", port, timeout=10)
+    open_session.ehlo()
+
+    second = issue()
+    auth.write_text("alice:second\nbob:bobs\n")
+    server.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: server.stderr_so_far().count("reloaded 2 users") >= int(workers))
+
+    assert _normalise(served_certificate()) == _normalise(second)
+    assert login("alice", "first") == 535
+    assert login("alice", "second") == 235
+    assert login("bob", "bobs") == 235
+    assert open_session.noop()[0] == 250  # the session opened before the reload goes on
+    open_session.quit()
+
+    auth.write_text("no colon here\n")  # a broken file: the old users stay
+    server.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "kept the old users" in server.stderr_so_far())
+    assert login("bob", "bobs") == 235
+    assert server.stop(10) == 0
+
+
+def _normalise(pem: bytes) -> bytes:
+    return b"".join(pem.split())
+
+
+# --- metrics and logs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_metrics_endpoint_counts_what_happened(
+    start: type[Supervised], tmp_path: Path, backend: str
+) -> None:
+    metrics_port = free_port()
+    server = start(
+        "serve",
+        "--backend",
+        backend,
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        f"127.0.0.1:{metrics_port}",
+        "--max-recipients",
+        "1",
+        "--discard",
+    )
+    [port] = server.listening()
+    send(port)
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo()
+        client.mail("a@example.org")
+        assert client.rcpt("b@example.com")[0] == 250
+        assert client.rcpt("c@example.com")[0] == 452
+        client.rset()
+    values = scrape(metrics_port)
+    assert values["smtpmux_transactions_accepted_total"] == 1
+    assert values['smtpmux_rejects_total{code="452"}'] == 1
+    assert values["smtpmux_connections_total"] == 2
+    assert values["smtpmux_message_bytes_total"] == len(MESSAGE)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/", timeout=10)
+    assert refused.value.code == 404
+    assert server.stop() == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_json_logs_carry_the_session_fields_and_no_secrets(
+    start: type[Supervised], tmp_path: Path, backend: str
+) -> None:
+    auth = tmp_path / "users"
+    auth.write_text("alice:s3cret-password\n")
+    server = start(
+        "serve",
+        "--backend",
+        backend,
+        "--listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--auth-file",
+        str(auth),
+    )
+    [port] = server.listening()
+    assert authenticate(port, "alice", "s3cret-password") == 235
+    send(port)
+    assert server.stop() == 0
+    records = [json.loads(line) for line in server.stderr.splitlines() if line.startswith("{")]
+    delivered = [r for r in records if r["message"].startswith("message from <a@example.org>")]
+    assert len(delivered) == 1
+    assert delivered[0]["size"] == len(MESSAGE) and delivered[0]["reply_code"] == 250
+    assert re.fullmatch(r"[0-9a-f]+", delivered[0]["session_id"])
+    assert delivered[0]["peer"][0] == "127.0.0.1"
+    authenticated = [r for r in records if r.get("auth_identity") == "alice"]
+    assert authenticated, records
+    assert "s3cret" not in server.stderr
+    assert base64.b64encode(b"\0alice\0s3cret-password").decode() not in server.stderr
