@@ -48,7 +48,7 @@ from smtp_sync._auth_file import AuthFilePolicy, hash_password, load_auth_file
 from smtp_sync.handlers import Discard, EmlDirectory, Maildir, Printer
 
 from ._client import connect
-from ._operations import JSONFormatter, MetricsEndpoint, Reloader
+from ._operations import JSONFormatter, MetricsEndpoint, Reloader, TextFormatter
 from ._server import Server
 from ._workers import MetricsBoard, share_listeners, supervise
 
@@ -406,7 +406,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
     if args.log_format == "json":
         handler.setFormatter(JSONFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter())
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, handlers=[handler])
 
 

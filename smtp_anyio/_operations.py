@@ -16,12 +16,24 @@ from typing import Any
 
 from smtp_sync._auth_file import AuthFilePolicy, load_auth_file
 
-__all__ = ["JSONFormatter", "MetricsEndpoint", "Reloader"]
+__all__ = ["JSONFormatter", "MetricsEndpoint", "Reloader", "TextFormatter"]
 
 log = logging.getLogger("smtpmux.server")
 
 #: the structured fields the Session and the servers put on their records
 _FIELDS = ("session_id", "peer", "tls", "auth_identity", "size", "reply_code")
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger [session id] message``: a session's lines can be grepped together."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(session)s%(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        session_id = record.__dict__.get("session_id")
+        record.session = f"[{session_id}] " if session_id else ""
+        return super().format(record)
 
 
 class JSONFormatter(logging.Formatter):
