@@ -6,11 +6,11 @@ write, upgrade to TLS, call hooks and handlers, spool to a file, enforce timeout
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import socket
 import ssl
-from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -18,11 +18,9 @@ from typing import Any
 import anyio
 import anyio.streams.stapled
 import attrs
-from anyio.abc import ByteStream, SocketAttribute, SocketListener, TaskStatus
-from anyio.streams.tls import TLSAttribute, TLSStream
+from anyio.abc import SocketAttribute, SocketListener, TaskStatus
 
 from smtp_core import (
-    Action,
     Call,
     Close,
     Deliver,
@@ -34,24 +32,51 @@ from smtp_core import (
     ServerConfig,
     Session,
     Spool,
-    TLSInfo,
     UpgradeToTLS,
 )
 from smtp_sync._spool import SpoolFile, call_arguments, new_session_id, utc_now
+
+from ._connection import (
+    Connection,
+    SocketConnection,
+    StreamConnection,
+    TransportConnection,
+    Watchdog,
+)
 
 __all__ = ["Server", "serve"]
 
 log = logging.getLogger("smtpmux.server")
 _REFUSE_FULL = b"421 4.7.0 Too many connections, try again later\r\n"
+_BACKLOG = 4096
+_READ_BUFFER = 256 * 1024
 
 
-def tls_info(stream: ByteStream) -> TLSInfo:
-    cipher = stream.extra(TLSAttribute.cipher, None)
-    return TLSInfo(
-        version=stream.extra(TLSAttribute.tls_version, None),
-        cipher=cipher[0] if cipher else None,
-        peer_certificate=stream.extra(TLSAttribute.peer_certificate, None),
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop (asyncio or uvloop), or None on trio."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+_coroutine_functions: dict[int, tuple[object, bool]] = {}
+
+
+def _is_coroutine_function(function: object) -> bool:
+    """``async def`` (or an object whose ``__call__`` is)? Cached per function: the same
+    handlers and hooks are called for every message."""
+    key = getattr(function, "__func__", function)  # a bound method: its function
+    cached = _coroutine_functions.get(id(key))
+    if cached is not None and cached[0] is key:
+        return cached[1]
+    result = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        getattr(function, "__call__", None)  # noqa: B004 - handler objects
     )
+    if len(_coroutine_functions) >= 256:
+        _coroutine_functions.clear()
+    _coroutine_functions[id(key)] = (key, result)  # holding ``key`` keeps its id unique
+    return result
 
 
 @attrs.define(eq=False)
@@ -81,7 +106,14 @@ class Server:
     _stopping: bool = attrs.field(init=False, default=False)
     _task_group: Any = attrs.field(init=False, default=None)
     _listener: Any = attrs.field(init=False, default=None)
-    _idle_scopes: dict[Session, anyio.CancelScope] = attrs.field(init=False, factory=dict)
+    _idle: dict[Session, Connection] = attrs.field(init=False, factory=dict)
+    _loop_servers: list[asyncio.AbstractServer] = attrs.field(init=False, factory=list)
+    _watchdog: Watchdog | None = attrs.field(init=False, default=None)
+    _tasks: set[asyncio.Task[None]] = attrs.field(init=False, factory=set)
+    #: what the connections read into (one loop, so one read at a time); copied out at once
+    _read_buffer: memoryview = attrs.field(
+        init=False, factory=lambda: memoryview(bytearray(_READ_BUFFER))
+    )
 
     def __attrs_post_init__(self) -> None:
         offer_starttls = self.ssl_context is not None and not self.implicit_tls
@@ -99,8 +131,21 @@ class Server:
         self.port = self._listener.extra(SocketAttribute.local_port)
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
+        loop = _asyncio_loop()
+        buffer = self._read_buffer
         for listener in self._listener.listeners:
-            self._task_group.start_soon(self._accept, listener)
+            if loop is not None and not self.implicit_tls:
+                # On asyncio the loop accepts, and each connection is served straight on its
+                # transport (see TransportConnection); TLS from the first byte stays on anyio.
+                self._loop_servers.append(
+                    await loop.create_server(
+                        lambda: TransportConnection(self._spawn, self._is_stopping, buffer),
+                        sock=listener.extra(SocketAttribute.raw_socket),
+                        backlog=_BACKLOG,
+                    )
+                )
+            else:
+                self._task_group.start_soon(self._accept, listener)
         log.info("listening on %s:%d", self.host, self.port)
         return self
 
@@ -113,13 +158,21 @@ class Server:
         if self._stopping:
             return
         self._stopping = True
+        for loop_server in self._loop_servers:
+            loop_server.close()  # stops accepting; open connections carry on
         await self._listener.aclose()
-        for scope in list(self._idle_scopes.values()):
-            scope.cancel()
+        for connection in list(self._idle.values()):
+            connection.interrupt()
         with anyio.move_on_after(self.shutdown_timeout):
             while self._sessions:
                 await anyio.sleep(0.01)
         self._task_group.cancel_scope.cancel()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait(tasks)
 
     async def serve_forever(
         self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
@@ -134,35 +187,69 @@ class Server:
                 stream = await listener.accept()
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 return
-            self._task_group.start_soon(self._guarded, stream)
+            # On trio, plain TCP goes straight to the socket; asyncio's transports come here
+            # only for implicit TLS, and stay behind the stream.
+            raw = stream.extra(SocketAttribute.raw_socket, None)
+            connection: Connection
+            if raw is None or _asyncio_loop() is not None:
+                connection = StreamConnection(stream)
+            else:
+                if self._watchdog is None:
+                    self._watchdog = Watchdog()
+                    self._task_group.start_soon(self._watchdog.run)
+                connection = SocketConnection(stream, self._watchdog, self._read_buffer)
+            self._task_group.start_soon(self._serve, connection)
 
-    async def _guarded(self, stream: ByteStream) -> None:
+    def _is_stopping(self) -> bool:
+        return self._stopping
+
+    def _spawn(self, connection: TransportConnection) -> None:
+        """A connection the asyncio loop accepted: serve it in a task of its own. A plain
+        asyncio task, not one of the task group's, which would cost a task handle, an event
+        and a wrapper coroutine per connection; ``stop()`` cancels these tasks itself."""
+        if self._stopping and self._task_group.cancel_scope.cancel_called:
+            if connection.transport is not None:
+                connection.transport.abort()
+            return
+        task = asyncio.get_running_loop().create_task(self._serve(connection))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, connection: Connection) -> None:
         try:
-            await self._connection(stream)
+            if len(self._sessions) >= self.max_connections or self._stopping:
+                with anyio.move_on_after(5):
+                    await connection.send(_REFUSE_FULL)
+                return
+            session = await self._open(connection)
+            if session is None:
+                return
+            self._sessions.add(session)
+            spool = SpoolFile()
+            try:
+                await self._run(session, connection, spool)
+            finally:
+                spool.close()
+                self._sessions.discard(session)
         except Exception:  # one connection's bug must not stop the server
             log.exception("connection failed")
         finally:
-            await stream.aclose()
+            await connection.aclose()
 
-    async def _connection(self, stream: ByteStream) -> None:
-        if len(self._sessions) >= self.max_connections or self._stopping:
-            with anyio.move_on_after(5):
-                await stream.send(_REFUSE_FULL)
-            return
-        peer = stream.extra(SocketAttribute.remote_address)
-        peer_address = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+    async def _open(self, connection: Connection) -> Session | None:
+        """The connection's Session, after the TLS handshake of an implicit-TLS listener."""
+        peer_address = connection.peer
         tls = None
         if self.implicit_tls:
             assert self.ssl_context is not None
             try:
-                stream = await self._handshake(stream)
+                tls = await connection.start_tls(self.ssl_context, self.config.command_timeout)
             except Exception as exc:  # the client's failure (plaintext, bad version, timeout)
                 log.info("TLS handshake with %s failed: %r", peer_address, exc)
                 self.metrics.add(tls_failures=1)
-                return
+                return None
             self.metrics.add(tls_handshakes=1)
-            tls = tls_info(stream)
-        session = Session(
+        return Session(
             self.router,
             clock=self.clock,
             session_id=new_session_id(),
@@ -173,74 +260,51 @@ class Server:
             proxy_protocol=peer_address is not None and peer_address[0] in self.proxy_protocol_from,
             metrics=self.metrics,
         )
-        self._sessions.add(session)
-        spool = SpoolFile()
-        try:
-            await self._run(session, stream, spool)
-        finally:
-            spool.close()
-            self._sessions.discard(session)
 
-    async def _handshake(self, stream: ByteStream) -> TLSStream:
-        with anyio.fail_after(self.config.command_timeout):
-            return await TLSStream.wrap(
-                stream, server_side=True, ssl_context=self.ssl_context, standard_compatible=False
-            )
-
-    async def _run(self, session: Session, stream: ByteStream, spool: SpoolFile) -> None:
-        actions: deque[Action] = deque(session.start())
+    async def _run(self, session: Session, connection: Connection, spool: SpoolFile) -> None:
+        actions = session.start()
         while True:
             while actions:
-                action = actions.popleft()
+                action = actions.pop(0)
                 if isinstance(action, Send):
-                    try:
-                        await stream.send(action.data)
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    if not await connection.send(action.data):
                         return  # the client is gone; nothing accepted is pending
                 elif isinstance(action, Spool):
                     spool.write(action)
                 elif isinstance(action, Close):
                     return
                 elif isinstance(action, UpgradeToTLS):
+                    assert self.ssl_context is not None
                     try:
-                        stream = await self._handshake(stream)
-                        outcome: object = tls_info(stream)
-                    except (Exception, anyio.get_cancelled_exc_class()) as exc:
-                        if not isinstance(exc, Exception):
-                            raise
+                        outcome: object = await connection.start_tls(
+                            self.ssl_context, self.config.command_timeout
+                        )
+                    except Exception as exc:
                         outcome = exc
-                    actions.extend(session.resolve(action, outcome))
+                    actions += session.resolve(action, outcome)
                 elif isinstance(action, Call):
-                    actions.extend(session.resolve(action, await self._call(action, spool)))
+                    actions += session.resolve(action, await self._call(action, spool))
             if self._stopping and not session.in_transaction:
-                actions.extend(session.shut_down())
+                actions = session.shut_down()
                 continue
-            data = await self._receive(session, stream)
-            if data is not None:
-                actions.extend(session.receive_data(data))
-            else:
-                actions.extend(session.shut_down() if self._stopping else session.expire())
-
-    async def _receive(self, session: Session, stream: ByteStream) -> bytes | None:
-        """Next bytes; b"" at EOF; None when the session's timeout (or a stop) ran out."""
-        idle = not session.in_transaction
-        with anyio.move_on_after(session.timeout) as scope:
+            idle = not session.in_transaction
             if idle:
-                self._idle_scopes[session] = scope
+                self._idle[session] = connection  # a stop interrupts idle sessions
             try:
-                return await stream.receive()
-            except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
-                return b""
+                # What the client's next bytes lead to; [] if a stop interrupted the wait.
+                more = await connection.next_actions(session, spool)
             finally:
-                self._idle_scopes.pop(session, None)
-        return None
+                if idle:
+                    del self._idle[session]
+            if more is not None:
+                actions = more
+            else:  # the session's timeout ran out
+                actions = session.shut_down() if self._stopping else session.expire()
 
     async def _call(self, action: Call, spool: SpoolFile) -> object:
         function, args = action.function, call_arguments(action, spool)
         try:
-            if inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
-                getattr(function, "__call__", None)  # noqa: B004 - handler objects
-            ):
+            if _is_coroutine_function(function):
                 return await function(*args)
             if isinstance(action, Deliver):  # handlers may block: keep them off the loop
                 return await anyio.to_thread.run_sync(function, *args)

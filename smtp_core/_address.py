@@ -43,6 +43,12 @@ def _grammar(utf8: bool) -> re.Pattern[str]:
 
 
 _ASCII = _grammar(False)
+# The common case, ``<local@domain>`` with a dot-atom local part and a plain domain, optionally
+# followed by parameters: a strict subset of the grammar above, matched without its
+# alternatives; whatever it does not match takes the full path.
+_ATOM = "[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_SIMPLE = re.compile(f"<{_ATOM}(?:\\.{_ATOM})*@{_LABEL}(?:\\.{_LABEL})*>")
 _UTF8 = _grammar(True)
 _NULL = re.compile(r" *<>(?P<rest>.*)", re.DOTALL)
 _POSTMASTER = re.compile(r" *<(?P<local>postmaster)>(?P<rest>.*)", re.DOTALL | re.IGNORECASE)
@@ -79,6 +85,12 @@ def parse_path(text: str, *, sender: bool, utf8: bool) -> tuple[str, str]:
     says to ignore it); a quoted local part is kept as written. ``<>`` is only a sender;
     ``<Postmaster>`` only a recipient. Non-ASCII is allowed only when ``utf8`` is true.
     """
+    simple = _SIMPLE.match(text)
+    if simple is not None:
+        end = simple.end()
+        rest = text[end:]
+        if end <= MAX_PATH and text.find("@") <= MAX_LOCAL_PART + 1 and rest[:1] in ("", " "):
+            return text[1 : end - 1], rest.strip(" ")
     match = (_UTF8 if utf8 else _ASCII).match(text)
     if match is None:
         null = _NULL.match(text) if sender else _POSTMASTER.match(text)

@@ -43,9 +43,6 @@ class DotReader:
         self._bare_lf = False
         self._line_too_long = False
         self._max_size = max_size
-        self._long_line = (
-            None if max_line_length is None else re.compile(rb"\n[^\n]{%d}" % max_line_length)
-        )
         self._max_line = max_line_length or 0
         self._reject_bare_lf = reject_bare_lf
         self._run = 0  # non-LF octets at the end of what was scanned so far
@@ -73,7 +70,11 @@ class DotReader:
         if not self._started:
             buf[0:0] = b"\r\n"
             self._started = True
-        end = buf.find(_TERMINATOR)
+        # Every "\r\n." (a stuffed dot or the terminator) holds a dot: when the content has no
+        # dot at all, one memchr-fast scan settles both questions.
+        dot = buf.find(b".")
+        stuffed = -1 if dot < 0 else buf.find(b"\r\n.", dot - 2 if dot > 2 else 0)
+        end = -1 if stuffed < 0 else buf.find(_TERMINATOR, stuffed)
         if end >= 0:
             keep = end + 2  # the CRLF ending the last line belongs to the content
             consume = end + len(_TERMINATOR)
@@ -86,23 +87,32 @@ class DotReader:
                     return None
                 keep = size - 1 if buf[-1] in b"\r\n" else size
             consume = keep
+        # The CRLF put in front above is not the client's: leave it out, unless the first line
+        # starts with a dot, which the unstuffing below must see after a CRLF.
+        start = 2 if self._strip_prefix and stuffed != 0 else 0
+        if start:
+            self._strip_prefix = False
         with memoryview(buf) as view:
-            piece = bytes(view[:keep])
+            piece = bytes(view[start:keep])
         del buf[:consume]
-        data = self._check(piece)
+        data = self._check(piece, stuffed >= 0 and stuffed + 3 <= keep)
         if data:
             return DataChunk(data)
         return self.read(buf) if self._finished else None
 
-    def _check(self, piece: bytes) -> bytes:
-        """The piece as content, or b"" once the message is refused (its size still counts)."""
+    def _check(self, piece: bytes, stuffed: bool) -> bytes:
+        """The piece as content, or b"" once the message is refused (its size still counts).
+
+        ``stuffed``: the piece may hold a dot-stuffed line.
+        """
         if piece.count(b"\n") != piece.count(b"\r\n"):
             self._bare_lf = self._bare_lf or self._reject_bare_lf
             piece = _BARE_LF.sub(b"\r\n", piece)
-        if not self._line_too_long and self._long_line is not None and self._too_long(piece):
+            stuffed = True
+        if not self._line_too_long and self._max_line and self._too_long(piece):
             self._line_too_long = True
-        data = piece.replace(b"\r\n.", b"\r\n")
-        if self._strip_prefix:  # the CRLF we put in front in read(): not the client's
+        data = piece.replace(b"\r\n.", b"\r\n") if stuffed else piece
+        if self._strip_prefix:  # the first line started with a dot: now drop our CRLF
             data = data[2:]
             self._strip_prefix = False
         self.size += len(data)
@@ -111,12 +121,22 @@ class DotReader:
         return data if self.reject is None else b""
 
     def _too_long(self, piece: bytes) -> bool:
-        assert self._long_line is not None
+        """Does a line reach ``max_line`` octets before its LF? Jumps from the last LF of one
+        window of ``max_line`` octets to the next, so it costs one ``rfind`` per window."""
+        limit = self._max_line
         first_lf = piece.find(b"\n")
         if first_lf < 0:
             self._run += len(piece)
-            return self._run >= self._max_line
-        if self._run + first_lf >= self._max_line or self._long_line.search(piece, first_lf):
+            return self._run >= limit
+        if self._run + first_lf >= limit:
             return True
-        self._run = len(piece) - piece.rfind(b"\n") - 1
+        pos = first_lf + 1
+        size = len(piece)
+        rfind = piece.rfind
+        while size - pos >= limit:
+            lf = rfind(b"\n", pos, pos + limit)
+            if lf < 0:
+                return True  # ``limit`` octets without a line end
+            pos = lf + 1
+        self._run = size - piece.rfind(b"\n") - 1
         return False

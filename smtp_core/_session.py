@@ -33,12 +33,14 @@ from ._events import (
     Hello,
     InvalidCommand,
     MailFrom,
+    Noop,
     ProxyHeader,
     RcptParams,
     RcptTo,
     Reply,
     Reset,
     Sentinel,
+    StartData,
     StartTLS,
 )
 from ._metrics import Metrics
@@ -246,6 +248,10 @@ class Session:
         self._content: list[bytes] = []
         self._size = 0
         self._spooled = False
+        # The default relay check is a pure function: run it here instead of asking the
+        # adapter for a round trip per recipient. An overridden hook is always asked.
+        hook = getattr(self.policy.addressable, "__func__", None)
+        self._inline_addressable = hook is Policy.addressable
 
     @property
     def timeout(self) -> float:
@@ -266,7 +272,9 @@ class Session:
             return []
         if self._waiting is not None:
             raise RuntimeError("resolve the pending action before feeding more data")
-        self.metrics.add(bytes_received=len(data))
+        metrics = self.metrics
+        with metrics.lock:
+            metrics.bytes_received += len(data)
         self._trace.received(data)
         self.conn.receive_data(data)
         return self._advance(None)
@@ -354,22 +362,53 @@ class Session:
         self._reply(greeting)
         if greeting.code != 220 and greeting.code != 554:
             return
+        # The loop every command and every piece of content passes through: the common events
+        # are answered right here, without a generator per event; the rest go to _handle.
+        conn = self.conn
+        threshold = self.policy.spool_threshold
         while True:
-            event = yield from self._next_event()
-            if isinstance(event, ConnectionClosed):
+            try:
+                event = conn.next_event()
+            except RemoteProtocolError as exc:
+                self._protocol_error(exc)
                 return
-            yield from self._handle(event)
-            if self.conn.state is ServerState.CLOSED:
+            if event is NEED_DATA:
+                yield NEED_DATA
+                continue
+            if isinstance(event, DataChunk):
+                data = event.data
+                if self._spooled or self._size + len(data) > threshold:
+                    yield from self._collect(data)
+                else:
+                    self._content.append(data)
+                    self._size += len(data)
+                continue  # content never changes the state
+            if isinstance(event, RcptTo) and self._inline_addressable:
+                self._rcpt_to_now(event)
+            elif isinstance(event, MailFrom):
+                self._mail_from(event)
+            elif isinstance(event, (StartData, Noop)):
+                self._reply(event.default_reply)
+            elif isinstance(event, Sentinel):
+                raise AssertionError("PAUSED: the session answers every event before the next")
+            elif isinstance(event, ConnectionClosed):
                 return
+            else:
+                yield from self._handle(event)
+            if conn.state is ServerState.CLOSED:
+                return
+
+    def _protocol_error(self, exc: RemoteProtocolError) -> None:
+        log.info("protocol error: %s", exc, extra=self._log_extra)
+        if exc.reply_hint is not None:
+            self._out += self.conn.send(exc.reply_hint)
 
     def _next_event(self) -> Generator[_Question, object, Event]:
         while True:
             try:
                 event = self.conn.next_event()
             except RemoteProtocolError as exc:
-                log.info("protocol error: %s", exc, extra=self._log_extra)
-                if exc.reply_hint is not None:
-                    self._out += self.conn.send(exc.reply_hint)
+                self._protocol_error(exc)
                 return ConnectionClosed()
             if event is NEED_DATA:
                 yield NEED_DATA
@@ -379,17 +418,15 @@ class Session:
             return event
 
     def _handle(self, event: Event) -> Generator[_Question, object, None]:
-        if isinstance(event, DataChunk):
-            yield from self._collect(event.data)
-        elif isinstance(event, Hello):
+        """Every event but the common ones _converse answers itself (content, MAIL, DATA,
+        NOOP, and RCPT under the default relay check)."""
+        if isinstance(event, Hello):
             self._reply(event.default_reply)
             if self.conn.hello is event:
                 self.info = attrs.evolve(
                     self.info, helo=event.name, extended=event.extended, lmtp=event.lmtp
                 )
                 self._reset_transaction()
-        elif isinstance(event, MailFrom):
-            self._mail_from(event)
         elif isinstance(event, RcptTo):
             yield from self._rcpt_to(event)
         elif isinstance(event, (EndOfData, BdatChunk)):
@@ -403,9 +440,9 @@ class Session:
         elif isinstance(event, Reset):
             self._reply(event.default_reply)
             self._reset_transaction()
-        elif isinstance(event, (ProxyHeader, ConnectionClosed)):
+        elif isinstance(event, (ProxyHeader, ConnectionClosed, DataChunk, MailFrom)):
             raise AssertionError(f"{event!r} is handled by the conversation itself")
-        else:  # StartData, Noop, Verify, Expand, Help, AuthChallenge, Quit
+        else:  # Verify, Expand, Help, AuthChallenge, Quit
             self._reply(event.default_reply)
 
     def _mail_from(self, event: MailFrom) -> None:
@@ -416,17 +453,32 @@ class Session:
         self._reset_transaction()
         self._mail = event
 
-    def _rcpt_to(self, event: RcptTo) -> Generator[_Question, object, None]:
+    def _route(self, event: RcptTo) -> Handler | None:
+        """The recipient's handler, or None after refusing it (too many, or no route)."""
         limit = self.policy.max_recipients
         if limit is not None and len(self._recipients) >= limit:
             self._reply(R_TOO_MANY_RECIPIENTS)
-            return
+            return None
         handler = self.router.route(event.address)
         if handler is None:
             log.info("no route for <%s>", event.address, extra=self._log_extra)
             self._reply(R_NO_ROUTE)
+        return handler
+
+    def _rcpt_to(self, event: RcptTo) -> Generator[_Question, object, None]:
+        handler = self._route(event)
+        if handler is None:
             return
         allowed = yield CheckRecipient(self.policy.addressable, (self.info, event.address))
+        self._add_recipient(event, handler, allowed)
+
+    def _rcpt_to_now(self, event: RcptTo) -> None:
+        """RCPT with the default (pure) relay check: no round trip through the adapter."""
+        handler = self._route(event)
+        if handler is not None:
+            self._add_recipient(event, handler, self.policy.addressable(self.info, event.address))
+
+    def _add_recipient(self, event: RcptTo, handler: Handler, allowed: object) -> None:
         if isinstance(allowed, Reject):
             self._reply(allowed.reply)
             return
@@ -474,12 +526,16 @@ class Session:
     def _account(self, size: int, final: Reply, accepted: int) -> None:
         """Count and log one finished transaction: its size and its outcome."""
         assert self._mail is not None
-        if final.code < 400:
-            self.metrics.add(
-                transactions_accepted=1, message_bytes=size, recipients_accepted=accepted
-            )
-        else:
-            self.metrics.add(transactions_refused=1)
+        metrics = self.metrics
+        with metrics.lock:
+            if final.code < 400:
+                metrics.transactions_accepted += 1
+                metrics.message_bytes += size
+                metrics.recipients_accepted += accepted
+            else:
+                metrics.transactions_refused += 1
+        if not log.isEnabledFor(logging.INFO):
+            return
         log.info(
             "message from <%s> for %d recipients, %d octets: %d %s",
             self._mail.address,
@@ -519,14 +575,26 @@ class Session:
         return replies
 
     def _outcome(self, outcome: object, envelope: Envelope) -> Reply:
-        extra = self._log_extra
         if isinstance(outcome, Reject):
-            log.info("handler refused %s: %s", envelope.rcpt_tos, outcome.reply, extra=extra)
+            log.info(
+                "handler refused %s: %s", envelope.rcpt_tos, outcome.reply, extra=self._log_extra
+            )
             return outcome.reply
         if isinstance(outcome, BaseException):
-            log.error("handler failed for %s", envelope.rcpt_tos, exc_info=outcome, extra=extra)
+            log.error(
+                "handler failed for %s",
+                envelope.rcpt_tos,
+                exc_info=outcome,
+                extra=self._log_extra,
+            )
             return R_HANDLER_FAILED
-        log.info("delivered from <%s> to %s", envelope.mail_from, envelope.rcpt_tos, extra=extra)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "delivered from <%s> to %s",
+                envelope.mail_from,
+                envelope.rcpt_tos,
+                extra=self._log_extra,
+            )
         return R_ACCEPTED
 
     def _authenticate(self, event: AuthCredentials) -> Generator[_Question, object, None]:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import socket
 import ssl
+import struct
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -39,7 +41,9 @@ __all__ = ["Server"]
 
 log = logging.getLogger("smtpmux.server")
 _REFUSE_FULL = b"421 4.7.0 Too many connections, try again later\r\n"
-_READ_SIZE = 256 * 1024
+_MAX_IDLE_WORKERS = 16  #: threads kept waiting for the next connection
+_IDLE_SECONDS = 30.0  #: how long an idle worker waits before it ends
+_READ_SIZE = 64 * 1024  # larger reads allocate (and free) their buffer with mmap each time
 
 
 def _tls_info(sock: ssl.SSLSocket) -> TLSInfo:
@@ -72,6 +76,10 @@ class Server:
     _stopping: threading.Event = attrs.field(init=False, factory=threading.Event)
     _thread: threading.Thread | None = attrs.field(init=False, default=None)
     _workers: set[threading.Thread] = attrs.field(init=False, factory=set)
+    _jobs: queue.SimpleQueue[tuple[socket.socket, Any] | None] = attrs.field(
+        init=False, factory=queue.SimpleQueue
+    )
+    _idle_workers: int = attrs.field(init=False, default=0)  #: waiting in _next_job, no job yet
 
     def __attrs_post_init__(self) -> None:
         if self.ssl_context is not None and not self.implicit_tls and not self.config.starttls:
@@ -107,10 +115,47 @@ class Server:
                 if self._stopping.is_set():
                     break
                 raise
-            worker = threading.Thread(target=self._guarded, args=(sock, address), daemon=True)
+            self._dispatch(sock, address)
+
+    def _dispatch(self, sock: socket.socket, address: Any) -> None:
+        """Hand the connection to an idle worker thread, or start a new one. Starting a thread
+        costs about as much as a whole short session, and the acceptor waits for it to run."""
+        with self._lock:
+            if self._idle_workers:
+                self._idle_workers -= 1
+                self._jobs.put((sock, address))
+                return
+            worker = threading.Thread(target=self._work, args=(sock, address), daemon=True)
+            self._workers.add(worker)
+        worker.start()
+
+    def _work(self, sock: socket.socket, address: Any) -> None:
+        """Serve connections: this one, then whatever ``_dispatch`` hands over while this
+        thread waits idle (at most ``_MAX_IDLE_WORKERS`` wait, each up to ``_IDLE_SECONDS``)."""
+        job: tuple[socket.socket, Any] | None = (sock, address)
+        try:
+            while job is not None:
+                self._guarded(*job)
+                with self._lock:
+                    if self._stopping.is_set() or self._idle_workers >= _MAX_IDLE_WORKERS:
+                        return
+                    self._idle_workers += 1
+                job = self._next_job()
+        finally:
             with self._lock:
-                self._workers.add(worker)
-            worker.start()
+                self._workers.discard(threading.current_thread())
+
+    def _next_job(self) -> tuple[socket.socket, Any] | None:
+        while True:
+            try:
+                return self._jobs.get(timeout=_IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    # Count ourselves out, unless every idle worker is spoken for by a job in
+                    # the queue (then one is ours: take it).
+                    if self._idle_workers:
+                        self._idle_workers -= 1
+                        return None
 
     def __enter__(self) -> Server:
         self.bind()
@@ -128,6 +173,10 @@ class Server:
             self._thread.join()
         if self._listener is not None:
             self._listener.close()
+        with self._lock:  # idle workers: no more jobs, leave
+            for _ in range(self._idle_workers):
+                self._jobs.put(None)
+            self._idle_workers = 0
         with self._lock:
             idle = [sock for session, sock in self._sessions.items() if not session.in_transaction]
         for sock in idle:  # wake their blocking reads; the worker sends 421 4.3.2
@@ -152,8 +201,6 @@ class Server:
             log.exception("connection failed")
         finally:
             sock.close()
-            with self._lock:
-                self._workers.discard(threading.current_thread())
 
     def _connection(self, sock: socket.socket, address: Any) -> None:
         with self._lock:
@@ -201,6 +248,7 @@ class Server:
 
     def _run(self, session: Session, sock: socket.socket, spool: SpoolFile) -> None:
         actions: deque[Action] = deque(session.start())
+        timeout, timed = 0.0, None  # the timeout applied to the socket ``timed``
         while True:
             while actions:
                 action = actions.popleft()
@@ -227,10 +275,12 @@ class Server:
             if self._stopping.is_set() and not session.in_transaction:
                 actions.extend(session.shut_down())
                 continue
-            sock.settimeout(session.timeout)
+            if session.timeout != timeout or sock is not timed:
+                timeout, timed = session.timeout, sock
+                _apply_timeout(sock, timeout)
             try:
                 data = sock.recv(_READ_SIZE)
-            except TimeoutError:
+            except (TimeoutError, BlockingIOError):  # BlockingIOError: SO_RCVTIMEO ran out
                 actions.extend(session.expire())
                 continue
             except OSError:
@@ -242,6 +292,27 @@ class Server:
                 actions.extend(session.shut_down())
                 continue
             actions.extend(session.receive_data(data))
+
+
+def _apply_timeout(sock: socket.socket, seconds: float) -> None:
+    """Make reads (and writes) give up after ``seconds``.
+
+    A plain socket stays blocking and the kernel keeps the timeout (SO_RCVTIMEO, SO_SNDTIMEO:
+    a read that runs out raises BlockingIOError), so each read and write is one system call;
+    with ``settimeout`` Python would poll() before every one of them. A TLS socket needs
+    Python's own timeout.
+    """
+    if isinstance(sock, ssl.SSLSocket):
+        sock.settimeout(seconds)
+        return
+    sock.settimeout(None)
+    whole, micro = 0, 0  # no timeout
+    if seconds < 1e9:
+        whole = int(seconds)
+        micro = max(int((seconds - whole) * 1_000_000), 0 if whole else 1)  # 0, 0 is none
+    timeval = struct.pack("@ll", whole, micro)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
 def _call(action: Call, spool: SpoolFile) -> object:

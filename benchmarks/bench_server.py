@@ -1,0 +1,160 @@
+"""One server of the benchmark suite, run as its own process: accept every message, discard it.
+
+``python benchmarks/bench_server.py KIND PORT`` listens on 127.0.0.1:PORT and prints ``READY`` on
+stdout once it accepts connections. KIND is one of ``SERVER_KINDS``. With ``--profile FILE`` it
+runs under cProfile and writes the statistics to FILE when terminated (SIGTERM).
+
+Every server does the same work: parse the protocol, collect the message, hand it to a handler
+that drops it. Nothing is logged (neither smtpmux nor aiosmtpd configures logging here) and no
+server keeps anything.
+
+smtpmux runs with its defaults (every limit and check on, messages over 1 MiB spooled to a
+temporary file) except ``max_connections``, raised so 1000 idle connections (W5) fit. The
+anyio servers get an ``async def`` handler, as aiosmtpd does; the thread-per-connection
+server gets a plain function (it calls handlers in the connection's own thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+SERVER_KINDS = (
+    "smtpmux-asyncio",
+    "smtpmux-uvloop",
+    "smtpmux-trio",
+    "smtpmux-sync",
+    "aiosmtpd-asyncio",
+    "aiosmtpd-uvloop",
+)
+HOST = "127.0.0.1"
+MAX_CONNECTIONS = 10_000
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def _ready() -> None:
+    print("READY", flush=True)
+
+
+def run_smtpmux(backend: str, port: int) -> None:
+    from smtp_core import Envelope, Router, ServerConfig
+
+    config = ServerConfig(hostname="localhost")
+    if backend == "sync":
+        import smtp_sync
+
+        def discard_sync(envelope: Envelope) -> None:
+            return None
+
+        sync_router: Router[Any] = Router()
+        sync_router.add("*@*", discard_sync)
+        server = smtp_sync.Server(
+            sync_router, host=HOST, port=port, config=config, max_connections=MAX_CONNECTIONS
+        )
+        server.bind()
+        _ready()
+        server.serve_forever()
+        return
+
+    import anyio
+
+    import smtp_anyio
+
+    async def discard(envelope: Envelope) -> None:
+        return None
+
+    router: Router[Any] = Router()
+    router.add("*@*", discard)
+
+    async def main() -> None:
+        async with smtp_anyio.Server(
+            router, host=HOST, port=port, config=config, max_connections=MAX_CONNECTIONS
+        ):
+            _ready()
+            await anyio.sleep_forever()
+
+    if backend == "uvloop":
+        anyio.run(main, backend="asyncio", backend_options={"use_uvloop": True})
+    else:
+        anyio.run(main, backend=backend)
+
+
+def run_aiosmtpd(backend: str, port: int) -> None:
+    from aiosmtpd.smtp import SMTP
+
+    class Sink:
+        """aiosmtpd's own Sink, with the handle_DATA a real handler has: accept, drop."""
+
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            return "250 OK"
+
+    if backend == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    handler = Sink()
+    server = loop.run_until_complete(
+        loop.create_server(
+            lambda: SMTP(handler, hostname="localhost", loop=loop), host=HOST, port=port
+        )
+    )
+    _ready()
+    try:
+        loop.run_forever()
+    finally:
+        server.close()
+
+
+def _profile_until_terminated(path: str) -> None:
+    """cProfile the server; SIGTERM writes the statistics to ``path`` and exits."""
+    import cProfile
+
+    profiler = cProfile.Profile()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        profiler.disable()
+        profiler.dump_stats(path)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    profiler.enable()
+
+
+def main(argv: list[str]) -> int:
+    profile = None
+    if len(argv) == 4 and argv[2] == "--profile":
+        profile, argv = argv[3], argv[:2]
+    if len(argv) != 2 or argv[0] not in SERVER_KINDS or not argv[1].isdigit():
+        kinds = "|".join(SERVER_KINDS)
+        print(f"usage: bench_server.py {{{kinds}}} PORT [--profile FILE]", file=sys.stderr)
+        return 2
+    kind, port = argv[0], int(argv[1])
+    _raise_fd_limit()
+    if profile is not None:
+        _profile_until_terminated(profile)
+    implementation, backend = kind.split("-", 1)
+    if implementation == "smtpmux":
+        run_smtpmux(backend, port)
+    else:
+        run_aiosmtpd(backend, port)
+    return 0
+
+
+if __name__ == "__main__":
+    # Run from a checkout without installing: make smtp_core & co. importable.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,513 @@
+"""One client connection as the server loop sees it: wait for the client and feed the session,
+send, upgrade to TLS, close.
+
+Three implementations, one behaviour. ``StreamConnection`` runs over any anyio ``ByteStream``
+(implicit TLS on asyncio, and whatever follows a TLS handshake on trio). ``SocketConnection``
+serves plain TCP on trio straight on the socket. ``TransportConnection`` is an asyncio protocol
+for plain listeners on asyncio (and uvloop). The last two skip the per-call work of a generic
+stream (a cancel scope and a timer per read, a checkpoint and a drained buffer per write,
+pausing and resuming the reader around every read); ``TransportConnection`` also runs the
+session's rounds that need no decision -- bytes in, replies out -- right in the transport's
+callback, so the connection's task wakes up only for what must be awaited: a handler, a hook,
+a TLS handshake, the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any, Protocol, cast
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import ByteStream, SocketAttribute
+from anyio.streams.tls import TLSAttribute, TLSStream
+
+from smtp_core import Action, Send, Session, Spool, TLSInfo
+from smtp_sync._spool import SpoolFile
+
+__all__ = [
+    "Connection",
+    "SocketConnection",
+    "Watchdog",
+    "StreamConnection",
+    "TransportConnection",
+    "peer_address",
+]
+
+_READ_LIMIT = 1024 * 1024  #: stop reading from the socket when this much waits unread
+_TIMER_SLACK = 0.001  #: a timer may fire this early (the loop's clock resolution)
+
+
+def peer_address(peer: object) -> tuple[str, int] | None:
+    return (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+
+
+class Connection(Protocol):
+    """What the server loop needs from a connection."""
+
+    @property
+    def peer(self) -> tuple[str, int] | None: ...
+
+    async def next_actions(self, session: Session, spool: SpoolFile) -> list[Action] | None:
+        """Wait for the client and feed what it sends (b"" at its end) to ``session``; return
+        the session's next actions: ``[]`` after ``interrupt()``, None when the session's
+        timeout ran out."""
+        ...
+
+    async def send(self, data: bytes) -> bool:
+        """Write ``data``; False when the client is gone."""
+        ...
+
+    async def start_tls(self, context: ssl.SSLContext, timeout: float) -> TLSInfo:
+        """Run the server side of a TLS handshake; raise if it fails."""
+        ...
+
+    def interrupt(self) -> None:
+        """Make a ``next_actions`` in progress return ``[]`` now (the server is stopping)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def stream_tls_info(stream: ByteStream) -> TLSInfo:
+    cipher = stream.extra(TLSAttribute.cipher, None)
+    return TLSInfo(
+        version=stream.extra(TLSAttribute.tls_version, None),
+        cipher=cipher[0] if cipher else None,
+        peer_certificate=stream.extra(TLSAttribute.peer_certificate, None),
+    )
+
+
+class StreamConnection:
+    """A connection over an anyio ByteStream: works on every backend, with or without TLS."""
+
+    def __init__(self, stream: ByteStream) -> None:
+        self.stream = stream
+        self._scope: anyio.CancelScope | None = None
+        self._interrupted = False
+
+    @property
+    def peer(self) -> tuple[str, int] | None:
+        return peer_address(self.stream.extra(SocketAttribute.remote_address, None))
+
+    async def next_actions(self, session: Session, spool: SpoolFile) -> list[Action] | None:
+        self._interrupted = False
+        data = None
+        with anyio.move_on_after(session.timeout) as scope:
+            self._scope = scope
+            try:
+                data = await self.stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
+                data = b""
+            finally:
+                self._scope = None
+        if data is None:
+            return [] if self._interrupted else None
+        return session.receive_data(data)
+
+    async def send(self, data: bytes) -> bool:
+        try:
+            await self.stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return False
+        return True
+
+    async def start_tls(self, context: ssl.SSLContext, timeout: float) -> TLSInfo:
+        with anyio.fail_after(timeout):
+            self.stream = await TLSStream.wrap(
+                self.stream, server_side=True, ssl_context=context, standard_compatible=False
+            )
+        return stream_tls_info(self.stream)
+
+    def interrupt(self) -> None:
+        if self._scope is not None:
+            self._interrupted = True
+            self._scope.cancel()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class Watchdog:
+    """Timeouts for ``SocketConnection`` without a cancel scope per read (on trio a scope costs
+    about as much as the rest of a read). Each wait notes its deadline here; one task per
+    server sleeps until the earliest deadline, interrupts the waits that are overdue and
+    sleeps again; a wait that ends drops its entry. Deadlines mostly move later, so the task
+    wakes about once per timeout period."""
+
+    def __init__(self) -> None:
+        self._deadlines: dict[SocketConnection, float] = {}
+        self._wake_at = math.inf
+        self._scope: anyio.CancelScope | None = None
+
+    def watch(self, connection: SocketConnection, deadline: float) -> None:
+        self._deadlines[connection] = deadline
+        if deadline < self._wake_at:
+            self._wake_at = deadline
+            if self._scope is not None:
+                self._scope.deadline = deadline
+
+    def forget(self, connection: SocketConnection) -> None:
+        self._deadlines.pop(connection, None)
+
+    async def run(self) -> None:
+        while True:
+            now = anyio.current_time()
+            wake_at = math.inf
+            for connection, deadline in list(self._deadlines.items()):
+                if deadline <= now:
+                    del self._deadlines[connection]
+                    connection.expire()
+                elif deadline < wake_at:
+                    wake_at = deadline
+            self._wake_at = wake_at
+            with anyio.CancelScope(deadline=wake_at) as scope:
+                self._scope = scope
+                await anyio.sleep_forever()
+            self._scope = None
+
+
+class SocketConnection:
+    """Plain TCP straight on the non-blocking socket under an anyio SocketStream (for trio).
+
+    ``recv_into`` (a buffer shared by the server's connections) and ``send`` go to the socket
+    itself; the task waits (``anyio.wait_readable``) only for the client's next bytes, and its
+    timeout is kept by a ``Watchdog``, which (like a stop) ends the wait with
+    ``anyio.notify_closing``. A stream instead costs a cancel scope per read
+    and checkpoints around every read and write. STARTTLS (or implicit TLS) hands over to a
+    ``StreamConnection`` on the same stream, which has read nothing so far.
+    """
+
+    def __init__(self, stream: ByteStream, watchdog: Watchdog, read_buffer: memoryview) -> None:
+        self.stream = stream
+        self.socket: socket.socket = stream.extra(SocketAttribute.raw_socket)
+        self._watchdog = watchdog
+        self._read_buffer = read_buffer  # shared: filled and emptied with no await between
+        self._more = False  # the last read filled the buffer: more is likely waiting
+        self._tls: StreamConnection | None = None
+        self._waiting = False
+        self._ended: list[Action] | None = None  # why a wait was ended: [] stop, None timeout
+
+    @property
+    def peer(self) -> tuple[str, int] | None:
+        return peer_address(self.stream.extra(SocketAttribute.remote_address, None))
+
+    async def next_actions(self, session: Session, spool: SpoolFile) -> list[Action] | None:
+        if self._tls is not None:
+            return await self._tls.next_actions(session, spool)
+        sock, buffer = self.socket, self._read_buffer
+        self._watchdog.watch(self, anyio.current_time() + session.timeout)
+        self._waiting = True
+        try:
+            if self._more:
+                await anyio.lowlevel.checkpoint()  # let the other connections run too
+            else:  # a reply just went out: wait for the answer
+                await anyio.wait_readable(sock)
+            while True:
+                try:
+                    size = sock.recv_into(buffer)
+                    break
+                except BlockingIOError:
+                    await anyio.wait_readable(sock)
+            self._more = size == len(buffer)
+            data = bytes(buffer[:size])
+        except anyio.ClosedResourceError:
+            if self._waiting:  # not ended by expire() or interrupt(): the socket is gone
+                data = b""
+            else:
+                return self._ended
+        except (OSError, anyio.BrokenResourceError):
+            data = b""
+        finally:
+            self._waiting = False
+            self._watchdog.forget(self)
+        return session.receive_data(data)
+
+    def _end_wait(self, why: list[Action] | None) -> None:
+        if self._waiting:
+            self._waiting = False
+            self._ended = why
+            anyio.notify_closing(self.socket)  # the wait raises ClosedResourceError
+
+    def expire(self) -> None:
+        """The watchdog says the wait is overdue."""
+        self._end_wait(None)
+
+    def interrupt(self) -> None:
+        if self._tls is not None:
+            self._tls.interrupt()
+        else:
+            self._end_wait([])
+
+    async def send(self, data: bytes) -> bool:
+        if self._tls is not None:
+            return await self._tls.send(data)
+        sock = self.socket
+        try:
+            sent = sock.send(data)  # replies are short: this is almost always all of it
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return False
+        if sent == len(data):
+            return True
+        view = memoryview(data)[sent:]
+        try:
+            while view:
+                try:
+                    view = view[sock.send(view) :]
+                except BlockingIOError:
+                    await anyio.wait_writable(sock)
+        except (OSError, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False
+        finally:
+            view.release()
+        return True
+
+    async def start_tls(self, context: ssl.SSLContext, timeout: float) -> TLSInfo:
+        self._tls = StreamConnection(self.stream)
+        return await self._tls.start_tls(context, timeout)
+
+    async def aclose(self) -> None:
+        await (self._tls.stream if self._tls is not None else self.stream).aclose()
+
+
+class TransportConnection(asyncio.BufferedProtocol):
+    """A connection straight on an asyncio transport.
+
+    The transport reads into ``read_buffer``, one buffer for all the connections of a loop
+    (asyncio calls ``get_buffer`` and ``buffer_updated`` back to back), so a read allocates
+    no buffer of its own: asyncio's plain protocols get a fresh 256 KiB one for every read.
+
+    While the connection's task waits in ``next_actions``, every read is fed to the session
+    inside ``data_received``; replies are written and content spooled on the spot, and only
+    an action that needs awaiting (or the session's end, a timeout, a full write buffer, a
+    stopping server) wakes the task, with the actions still to carry out. While the task is
+    busy, bytes are kept (up to a limit, then reading pauses) for its next ``next_actions``.
+    The timeout is one timer per connection, moved only when it fires early, not re-armed on
+    every read. ``on_connect`` starts the task that serves the connection; ``stopping`` says
+    whether the server is stopping (the task then decides between rounds, as it always does).
+    """
+
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_deadline",
+        "_drain",
+        "_eof",
+        "_loop",
+        "_lost",
+        "_on_connect",
+        "_read_buffer",
+        "_reading_paused",
+        "_session",
+        "_spool",
+        "_stopping",
+        "_timer",
+        "_waiter",
+        "_writing_paused",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        on_connect: Callable[[TransportConnection], None],
+        stopping: Callable[[], bool],
+        read_buffer: memoryview,
+    ) -> None:
+        self._read_buffer = read_buffer
+        self._on_connect = on_connect
+        self._stopping = stopping
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._reading_paused = False
+        self._eof = False
+        self._lost = False
+        self._session: Session | None = None  # set while the task waits in next_actions
+        self._spool: SpoolFile | None = None
+        self._waiter: asyncio.Future[list[Action] | None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._writing_paused = False
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self._on_connect(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_buffer  # shared: the transport fills it, buffer_updated empties it
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._read_buffer[:nbytes]))
+
+    def data_received(self, data: bytes) -> None:
+        if self._session is not None:
+            self._feed(data)
+            return
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > _READ_LIMIT and not self._reading_paused and self.transport:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        if self._session is not None:
+            self._feed(b"")
+        return True  # keep our side open: replies still due go out before we close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self._session is not None:
+            self._feed(b"")
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # --- running the session in the callback --------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        """One round of the session, done here: the task wakes only for what it must do."""
+        session, spool, transport = self._session, self._spool, self.transport
+        assert session is not None and spool is not None and transport is not None
+        try:
+            actions = session.receive_data(data)
+            for index, action in enumerate(actions):
+                if isinstance(action, Send) and not transport.is_closing():
+                    transport.write(action.data)
+                elif isinstance(action, Spool):
+                    spool.write(action)
+                else:
+                    self._hand_over(actions[index:])
+                    return
+        except Exception as exc:  # the task reports it, as if it had failed itself
+            self._session = None
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_exception(exc)
+            return
+        if not data or self._writing_paused or self._stopping():
+            self._hand_over([])  # the end, a client that does not read, or a stopping server
+        else:
+            self._arm(session.timeout)
+
+    def _hand_over(self, actions: list[Action] | None) -> None:
+        self._session = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(actions)
+
+    def _arm(self, timeout: float) -> None:
+        self._deadline = deadline = self._loop.time() + timeout
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._session is None:
+            return  # the task is busy: its next wait sets a new deadline
+        if self._loop.time() + _TIMER_SLACK >= self._deadline:
+            self._hand_over(None)
+        else:  # the deadline moved on since this timer was set
+            self._timer = self._loop.call_at(self._deadline, self._expire)
+
+    # --- Connection ---------------------------------------------------------------------------
+
+    @property
+    def peer(self) -> tuple[str, int] | None:
+        return peer_address(self.transport.get_extra_info("peername") if self.transport else None)
+
+    async def next_actions(self, session: Session, spool: SpoolFile) -> list[Action] | None:
+        if self._writing_paused and not self._lost:
+            await self._wait_drain()  # read nothing more while the client reads nothing
+        if self._chunks or self._eof or self._lost:  # arrived while the task was busy
+            chunks = self._chunks
+            data = b"".join(chunks) if len(chunks) != 1 else chunks[0]
+            self._chunks = []
+            self._buffered = 0
+            if self._reading_paused and self.transport is not None:
+                self._reading_paused = False
+                self.transport.resume_reading()
+            return session.receive_data(data)
+        self._session, self._spool = session, spool
+        self._arm(session.timeout)
+        waiter: asyncio.Future[list[Action] | None] = self._loop.create_future()
+        self._waiter = waiter
+        try:
+            return await waiter
+        finally:
+            self._waiter = None
+            self._session = None
+
+    async def _wait_drain(self) -> None:
+        self._drain = self._loop.create_future()
+        try:
+            await self._drain
+        finally:
+            self._drain = None
+
+    async def send(self, data: bytes) -> bool:
+        transport = self.transport
+        if self._lost or transport is None or transport.is_closing():
+            return False
+        transport.write(data)
+        if self._writing_paused:
+            await self._wait_drain()
+        return not self._lost
+
+    async def start_tls(self, context: ssl.SSLContext, timeout: float) -> TLSInfo:
+        assert self.transport is not None
+        # Bytes that arrived before the handshake are plaintext sent after STARTTLS: never
+        # commands (RFC 3207 §4.2); the engine drops what it buffered, we drop the rest.
+        self._chunks = []
+        self._buffered = 0
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        transport = await self._loop.start_tls(
+            self.transport, self, context, server_side=True, ssl_handshake_timeout=timeout
+        )
+        if transport is None:
+            raise ConnectionError("the connection closed during the TLS handshake")
+        self.transport = transport
+        ssl_object: Any = transport.get_extra_info("ssl_object")
+        cipher = ssl_object.cipher()
+        return TLSInfo(
+            version=ssl_object.version(),
+            cipher=cipher[0] if cipher else None,
+            peer_certificate=ssl_object.getpeercert(),
+        )
+
+    def interrupt(self) -> None:
+        if self._session is not None:
+            self._hand_over([])
+
+    async def aclose(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
