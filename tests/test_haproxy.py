@@ -40,6 +40,10 @@ defaults
 frontend smtp
     bind 127.0.0.1:{port}
     default_backend mx
+frontend ready
+    # probed to see that HAProxy listens, so no probe takes a turn of the round robin
+    bind 127.0.0.1:{ready}
+    tcp-request connection reject
 backend mx
     balance roundrobin
     server a 127.0.0.1:{a} send-proxy-v2
@@ -79,9 +83,11 @@ def farm(tmp_path: Path) -> Iterator[tuple[int, list[Any], list[Collect]]]:
             router: Router[Any] = Router()
             router.add("*@example.com", box)
             servers.append(stack.enter_context(running(kind, router, proxy_protocol_from=trusted)))
-        port = _free_port()
+        port, ready = _free_port(), _free_port()
         config = tmp_path / "haproxy.cfg"
-        config.write_text(CONFIG.format(port=port, a=servers[0].port, b=servers[1].port))
+        config.write_text(
+            CONFIG.format(port=port, ready=ready, a=servers[0].port, b=servers[1].port)
+        )
         assert HAPROXY is not None
         process = subprocess.Popen(
             [HAPROXY, "-db", "-f", str(config)],
@@ -89,7 +95,7 @@ def farm(tmp_path: Path) -> Iterator[tuple[int, list[Any], list[Collect]]]:
             stderr=subprocess.PIPE,
         )
         try:
-            _wait_listening(port, process)
+            _wait_listening(ready, process)
             yield port, servers, boxes
         finally:
             process.terminate()
