@@ -59,7 +59,11 @@ PYTHON_SERVERS = (
     "aiosmtpd-uvloop",
 )
 SINK = "smtp-sink"
-SERVERS = (*PYTHON_SERVERS, SINK)
+#: ``smtpmux serve --workers N --discard --quiet`` as a user runs it (only W1-W4; not pinned, so
+#: the workers may use every CPU, the one smtp-source runs on included). Not run by default.
+WORKER_SERVERS = {"smtpmux-cli-1-worker": 1, "smtpmux-cli-2-workers": 2}
+DEFAULT_SERVERS = (*PYTHON_SERVERS, SINK)
+SERVERS = (*DEFAULT_SERVERS, *WORKER_SERVERS)
 BASELINE = "aiosmtpd-asyncio"
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
 MIB = 1024 * 1024
@@ -218,9 +222,16 @@ def _free_port() -> int:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
+    """User + system CPU time so far of a process (all its threads) and its live children (the
+    workers of ``--workers``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    seconds = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    seconds += _cpu_seconds(int(child))
+    return seconds
 
 
 def _rss_kib(pid: int) -> int:
@@ -240,7 +251,12 @@ class RunningServer:
         self.port = _free_port()
         self._processes = processes
         self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
-        if name == SINK:
+        cpu = settings.server_cpu
+        if name in WORKER_SERVERS:
+            args = [sys.executable, "-m", "smtp_anyio", "serve", "--discard", "--quiet"]
+            args += ["--listen", f"{HOST}:{self.port}", "--workers", str(WORKER_SERVERS[name])]
+            cpu = None
+        elif name == SINK:
             assert settings.smtp_sink is not None
             args = [settings.smtp_sink, "-m", "4000"]
             if os.geteuid() == 0:
@@ -248,7 +264,7 @@ class RunningServer:
             args += [f"{HOST}:{self.port}", "1024"]
         else:
             args = [sys.executable, str(HERE / "bench_server.py"), name, str(self.port), *extra]
-        self.process = processes.start(args, cpu=settings.server_cpu, stderr=self._log)
+        self.process = processes.start(args, cpu=cpu, stderr=self._log)
         self._wait_ready()
 
     @property
@@ -423,6 +439,9 @@ def run_suite(settings: Settings, processes: Processes) -> dict[tuple[str, str],
             for name in settings.servers:
                 cells[metric, name] = Cell(metric, name)
         if workload == "W5":
+            for name in WORKER_SERVERS:  # memory per connection: of every worker, not measured
+                cells.pop(("W5-mem", name), None)
+                cells.pop(("W5-fresh", name), None)
             _run_w5(settings, processes, cells)
         else:
             _run_source_workload(settings, processes, workload, cells)
@@ -469,6 +488,8 @@ def _run_source_workload(
 def _run_w5(settings: Settings, processes: Processes, cells: dict[tuple[str, str], Cell]) -> None:
     for run in range(settings.runs):
         for name in _rotated(settings.servers, run):
+            if name in WORKER_SERVERS:
+                continue
             memory, fresh = cells["W5-mem", name], cells["W5-fresh", name]
             try:
                 server = RunningServer(name, settings, processes)
@@ -675,8 +696,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--servers",
         type=lambda t: _names(t, SERVERS, "server"),
-        default=SERVERS,
-        help=f"comma-separated (default all: {','.join(SERVERS)})",
+        default=DEFAULT_SERVERS,
+        help=f"comma-separated (default {','.join(DEFAULT_SERVERS)}; also "
+        f"{','.join(WORKER_SERVERS)}: the command line with 1 and 2 worker processes)",
     )
     parser.add_argument(
         "--workloads",

@@ -25,6 +25,7 @@ from smtp_core import (
     TLS_MODES,
     AddressError,
     Credentials,
+    Envelope,
     LoginMechanism,
     MessageRefused,
     Metrics,
@@ -187,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="log the protocol trace (AUTH secrets redacted) and print messages",
     )
     serve.add_argument(
+        "--quiet", action="store_true", help="log only warnings and errors (no line per message)"
+    )
+    serve.add_argument(
         "--log-format",
         choices=("text", "json"),
         default="text",
@@ -229,10 +233,14 @@ def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     return context
 
 
+async def _discard(envelope: Envelope) -> None:
+    """--discard on an event loop: nothing blocks, so no worker thread per message."""
+
+
 def _handler(args: argparse.Namespace) -> Any:
     try:
         if args.discard:
-            return Discard()
+            return Discard() if args.backend == "sync" or args.debug else _discard
         if args.eml_dir:
             return EmlDirectory(args.eml_dir)
         return Maildir(args.maildir or "mail")
@@ -407,7 +415,8 @@ def _configure_logging(args: argparse.Namespace) -> None:
         handler.setFormatter(JSONFormatter())
     else:
         handler.setFormatter(TextFormatter())
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, handlers=[handler])
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -319,3 +319,12 @@ def test_json_logs_carry_the_session_fields_and_no_secrets(
     assert authenticated, records
     assert "s3cret" not in server.stderr
     assert base64.b64encode(b"\0alice\0s3cret-password").decode() not in server.stderr
+
+
+def test_quiet_logs_no_line_per_message(start: type[Supervised], tmp_path: Path) -> None:
+    server = start("serve", "--listen", "127.0.0.1:0", "--quiet", "--discard")
+    [port] = server.listening()
+    send(port)
+    assert server.stop() == 0
+    assert "message from" not in server.stderr and "connection from" not in server.stderr
+    assert "smtpmux: listening on" in server.stderr
