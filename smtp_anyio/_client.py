@@ -20,9 +20,8 @@ from anyio.streams.tls import TLSStream
 
 from smtp_core import (
     ClientAuth,
-    ClientSession,
+    ClientBase,
     ClientStep,
-    Extensions,
     MailParams,
     RcptParams,
     Read,
@@ -36,7 +35,6 @@ from smtp_core import (
     WrapTLS,
     Write,
     address_literal,
-    prepare_message,
 )
 
 __all__ = ["Client", "connect"]
@@ -45,33 +43,7 @@ _T = TypeVar("_T")
 _IO_ERRORS = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
-def connect(
-    host: str,
-    port: int,
-    *,
-    tls: TLSMode = "opportunistic",
-    ssl_context: ssl.SSLContext | None = None,
-    auth: ClientAuth | None = None,
-    timeout: float | None = 60.0,
-    local_hostname: str | None = None,
-    lmtp: bool = False,
-) -> Client:
-    """A client for ``host:port``; ``async with`` connects, greets and authenticates, and
-    sends QUIT at the end. See ``smtp_core.ClientSession`` for ``tls``, ``auth``, ``timeout``;
-    ``ssl_context`` defaults to ``ssl.create_default_context()`` (certificates verified)."""
-    return Client(
-        host,
-        port,
-        tls=tls,
-        ssl_context=ssl_context,
-        auth=auth,
-        timeout=timeout,
-        local_hostname=local_hostname,
-        lmtp=lmtp,
-    )
-
-
-class Client:
+class Client(ClientBase):
     """One SMTP (or LMTP) connection; messages are sent one after the other over it."""
 
     def __init__(
@@ -86,38 +58,19 @@ class Client:
         local_hostname: str | None = None,
         lmtp: bool = False,
     ) -> None:
-        if ssl_context is not None and tls == "none":
-            raise ValueError("ssl_context given, but tls='none'")
-        self.host, self.port = host, port
-        self._session = ClientSession(
+        super().__init__(
+            host,
+            port,
             tls=tls,
+            ssl_context=ssl_context,
             auth=auth,
+            timeout=timeout,
             local_hostname=local_hostname,
             lmtp=lmtp,
-            timeout=timeout,
-            server=f"{host}:{port}",
         )
         self._ssl_context = ssl_context
         self._stream: ByteStream | None = None
         self._lock = anyio.Lock()
-
-    @property
-    def extensions(self) -> Extensions | None:
-        """What the server offered in its last EHLO/LHLO reply."""
-        return self._session.extensions
-
-    @property
-    def tls_active(self) -> bool:
-        return self._session.tls_active
-
-    @property
-    def authenticated(self) -> bool:
-        return self._session.conn.authenticated
-
-    @property
-    def round_trips(self) -> int:
-        """How often the client has waited for the server after writing (pipelining saves)."""
-        return self._session.round_trips
 
     async def __aenter__(self) -> Client:
         await self.open()
@@ -173,10 +126,9 @@ class Client:
         """Send one message; the envelope comes from its headers unless given (Bcc is never
         sent). Returns each recipient's outcome; raises ``SenderRefused``,
         ``RecipientsRefused`` or ``MessageRefused`` when nobody got it."""
-        binary = mail_params is not None and mail_params.body == "BINARYMIME"
-        outgoing = prepare_message(message, mail_from=mail_from, rcpt_tos=rcpt_tos, binary=binary)
+        steps = self._send_steps(message, mail_from, rcpt_tos, mail_params, rcpt_params)
         async with self._lock:
-            return await self._run(self._session.send(outgoing, mail_params, rcpt_params))
+            return await self._run(steps)
 
     async def noop(self) -> Reply:
         async with self._lock:
@@ -239,3 +191,7 @@ class Client:
             self._session.abort()
             raise
         return None
+
+
+#: ``connect(host, port, ...)``: a Client, which connects when its block is entered.
+connect = Client

@@ -19,20 +19,24 @@ the session.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator, Mapping, Sequence
-from typing import Literal, TypeAlias, TypeVar
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Literal, TypeAlias, TypeVar
 
 import attrs
 
 from ._client import ClientConnection, ClientState, Command, Extensions, Response
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import NEED_DATA, ConnectionClosed, MailParams, RcptParams, Reply
-from ._message import OutgoingMessage
+from ._message import OutgoingMessage, prepare_message
 from ._sasl import ClientMechanism, LoginClient, PlainClient
+
+if TYPE_CHECKING:
+    from email.message import Message  # email.utils imports socket: not at run time
 
 __all__ = [
     "AuthenticationFailed",
     "ClientAuth",
+    "ClientBase",
     "ClientSession",
     "ClientStep",
     "MessageRefused",
@@ -638,3 +642,65 @@ def _result(
     return SendResult(
         message.mail_from, tuple(recipients), mail_reply, tuple(r.reply for r in finals)
     )
+
+
+class ClientBase:
+    """What the anyio and the blocking client share: their options, checked once, the
+    ClientSession that takes every decision, and what it knows. The adapters add the
+    connection and carry out the session's steps over it. ``ssl_context`` is only kept here
+    for the adapter (an ``ssl.SSLContext``; this module does no TLS)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: TLSMode,
+        ssl_context: object | None,
+        auth: ClientAuth | None,
+        timeout: float | None,
+        local_hostname: str | None,
+        lmtp: bool,
+    ) -> None:
+        if ssl_context is not None and tls == "none":
+            raise ValueError("ssl_context given, but tls='none'")
+        self.host, self.port = host, port
+        self._session = ClientSession(
+            tls=tls,
+            auth=auth,
+            local_hostname=local_hostname,
+            lmtp=lmtp,
+            timeout=timeout,
+            server=f"{host}:{port}",
+        )
+
+    @property
+    def extensions(self) -> Extensions | None:
+        """What the server offered in its last EHLO/LHLO reply."""
+        return self._session.extensions
+
+    @property
+    def tls_active(self) -> bool:
+        return self._session.tls_active
+
+    @property
+    def authenticated(self) -> bool:
+        return self._session.conn.authenticated
+
+    @property
+    def round_trips(self) -> int:
+        """How often the client has waited for the server after writing (pipelining saves)."""
+        return self._session.round_trips
+
+    def _send_steps(
+        self,
+        message: Message | bytes,
+        mail_from: str | None,
+        rcpt_tos: Iterable[str] | None,
+        mail_params: MailParams | None,
+        rcpt_params: RcptParams | Mapping[str, RcptParams] | None,
+    ) -> Steps[SendResult]:
+        """The steps that send ``message`` (see the adapters' ``send_message``)."""
+        binary = mail_params is not None and mail_params.body == "BINARYMIME"
+        outgoing = prepare_message(message, mail_from=mail_from, rcpt_tos=rcpt_tos, binary=binary)
+        return self._session.send(outgoing, mail_params, rcpt_params)

@@ -17,9 +17,8 @@ from typing import TypeVar
 
 from smtp_core import (
     ClientAuth,
-    ClientSession,
+    ClientBase,
     ClientStep,
-    Extensions,
     MailParams,
     RcptParams,
     Read,
@@ -33,7 +32,6 @@ from smtp_core import (
     WrapTLS,
     Write,
     address_literal,
-    prepare_message,
 )
 
 __all__ = ["Client", "connect"]
@@ -42,32 +40,7 @@ _T = TypeVar("_T")
 _READ_SIZE = 64 * 1024
 
 
-def connect(
-    host: str,
-    port: int,
-    *,
-    tls: TLSMode = "opportunistic",
-    ssl_context: ssl.SSLContext | None = None,
-    auth: ClientAuth | None = None,
-    timeout: float | None = 60.0,
-    local_hostname: str | None = None,
-    lmtp: bool = False,
-) -> Client:
-    """A client for ``host:port``; ``with`` connects, greets and authenticates, and sends QUIT
-    at the end. The options are those of ``smtp_anyio.connect``."""
-    return Client(
-        host,
-        port,
-        tls=tls,
-        ssl_context=ssl_context,
-        auth=auth,
-        timeout=timeout,
-        local_hostname=local_hostname,
-        lmtp=lmtp,
-    )
-
-
-class Client:
+class Client(ClientBase):
     """One SMTP (or LMTP) connection; messages are sent one after the other over it (a lock
     keeps threads that share the client from interleaving)."""
 
@@ -83,38 +56,19 @@ class Client:
         local_hostname: str | None = None,
         lmtp: bool = False,
     ) -> None:
-        if ssl_context is not None and tls == "none":
-            raise ValueError("ssl_context given, but tls='none'")
-        self.host, self.port = host, port
-        self._session = ClientSession(
+        super().__init__(
+            host,
+            port,
             tls=tls,
+            ssl_context=ssl_context,
             auth=auth,
+            timeout=timeout,
             local_hostname=local_hostname,
             lmtp=lmtp,
-            timeout=timeout,
-            server=f"{host}:{port}",
         )
         self._ssl_context = ssl_context
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
-
-    @property
-    def extensions(self) -> Extensions | None:
-        """What the server offered in its last EHLO/LHLO reply."""
-        return self._session.extensions
-
-    @property
-    def tls_active(self) -> bool:
-        return self._session.tls_active
-
-    @property
-    def authenticated(self) -> bool:
-        return self._session.conn.authenticated
-
-    @property
-    def round_trips(self) -> int:
-        """How often the client has waited for the server after writing (pipelining saves)."""
-        return self._session.round_trips
 
     def __enter__(self) -> Client:
         self.open()
@@ -166,10 +120,9 @@ class Client:
         """Send one message; the envelope comes from its headers unless given (Bcc is never
         sent). Returns each recipient's outcome; raises ``SenderRefused``,
         ``RecipientsRefused`` or ``MessageRefused`` when nobody got it."""
-        binary = mail_params is not None and mail_params.body == "BINARYMIME"
-        outgoing = prepare_message(message, mail_from=mail_from, rcpt_tos=rcpt_tos, binary=binary)
+        steps = self._send_steps(message, mail_from, rcpt_tos, mail_params, rcpt_params)
         with self._lock:
-            return self._run(self._session.send(outgoing, mail_params, rcpt_params))
+            return self._run(steps)
 
     def noop(self) -> Reply:
         with self._lock:
@@ -224,3 +177,7 @@ class Client:
             self._session.abort()
             raise
         return None
+
+
+#: ``connect(host, port, ...)``: a Client, which connects when its block is entered.
+connect = Client
