@@ -16,8 +16,6 @@ import smtp_anyio
 import smtp_sync
 from smtp_core import Extensions, Reply, SendResult
 
-CLIENT_KINDS = ["asyncio", "trio", "sync"]
-
 
 class Blocking:
     """The anyio client seen through a portal: the same methods as smtp_sync.Client."""

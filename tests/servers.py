@@ -14,7 +14,7 @@ from anyio.from_thread import start_blocking_portal
 
 import smtp_anyio
 import smtp_sync
-from smtp_core import Envelope
+from smtp_core import Envelope, Reject, Reply
 
 KINDS = ["asyncio", "trio", "sync"]
 
@@ -31,6 +31,11 @@ class Collect:
         with self._lock:
             self.envelopes.append(envelope)
             self.contents.append(envelope.as_bytes())
+
+
+def refuse(envelope: Envelope) -> None:
+    """A handler that refuses every message."""
+    raise Reject(Reply(554, "Spam, go away", "5.7.1"))
 
 
 @contextmanager

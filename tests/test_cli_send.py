@@ -28,7 +28,7 @@ from smtp_core import (
 )
 
 from .clients import free_port
-from .servers import TLS, Collect, running
+from .servers import TLS, Collect, refuse, running
 from .test_cli import Smtpmux, environment, maildir
 
 MESSAGE = (
@@ -57,20 +57,6 @@ def send(*args: str, cwd: Path, stdin: bytes = b"", env: dict[str, str] | None =
     result = Done(done.returncode, done.stdout.decode(), done.stderr.decode())
     assert "Traceback" not in result.stderr, result.stderr
     return result
-
-
-@pytest.fixture(scope="module")
-def tls() -> TLS:
-    return TLS()
-
-
-@pytest.fixture
-def box() -> Collect:
-    return Collect()
-
-
-def refuse(envelope: Envelope) -> None:
-    raise Reject(Reply(554, "Spam, go away", "5.7.1"))
 
 
 @pytest.fixture

@@ -37,21 +37,11 @@ from smtp_core import (
     SMTPTimeout,
 )
 
-from .clients import CLIENT_KINDS, client, free_port
+from .clients import client, free_port
 from .servers import TLS
 
 SENDER = "alice@example.org"
 MESSAGE = b"From: alice@example.org\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\n.dot\r\nbye\r\n"
-
-
-@pytest.fixture(params=CLIENT_KINDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(scope="module")
-def tls() -> TLS:
-    return TLS()
 
 
 # --- aiosmtpd ----------------------------------------------------------------------------

@@ -42,31 +42,11 @@ from smtp_core import (
     SMTPTimeout,
 )
 
-from .clients import CLIENT_KINDS, client, free_port
-from .servers import TLS, Collect, running
+from .clients import client, free_port
+from .servers import TLS, Collect, refuse, running
 
 SENDER = "alice@example.org"
 MESSAGE = b"From: alice@example.org\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
-
-
-@pytest.fixture(params=CLIENT_KINDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    """The client kind; the server is the one of the same kind (anyio on that backend)."""
-    return str(request.param)
-
-
-@pytest.fixture(scope="module")
-def tls() -> TLS:
-    return TLS()
-
-
-@pytest.fixture
-def box() -> Collect:
-    return Collect()
-
-
-def refuse(envelope: Envelope) -> None:
-    raise Reject(Reply(554, "Spam, go away", "5.7.1"))
 
 
 def crash(envelope: Envelope) -> None:

@@ -32,7 +32,7 @@ from smtp_core import (
 )
 from smtp_sync.handlers import Maildir, trace_headers
 
-from .servers import KINDS, TLS, Collect, running
+from .servers import TLS, Collect, running
 
 RECEIVED_AT = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 DATE = "Wed, 04 Mar 2026 05:06:07 +0000"  # RECEIVED_AT as RFC 5322 writes it
@@ -77,16 +77,6 @@ class Stored:
 
     def files(self) -> list[bytes]:
         return sorted(p.read_bytes() for p in (self.path / "new").iterdir())
-
-
-@pytest.fixture(params=KINDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(scope="module")
-def tls() -> TLS:
-    return TLS()
 
 
 @pytest.fixture

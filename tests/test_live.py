@@ -25,17 +25,7 @@ from smtp_core import (
 )
 from smtp_sync import play_transcript
 
-from .servers import KINDS, TLS, Collect, running
-
-
-@pytest.fixture(scope="module")
-def tls() -> TLS:
-    return TLS()
-
-
-@pytest.fixture(params=KINDS)
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+from .servers import TLS, Collect, running
 
 
 class Accounts(Policy):
@@ -45,11 +35,6 @@ class Accounts(Policy):
 
 def crash(envelope: Envelope) -> None:
     raise RuntimeError("handler bug")
-
-
-@pytest.fixture
-def box() -> Collect:
-    return Collect()
 
 
 @pytest.fixture
