@@ -62,6 +62,7 @@ from ._events import (
     StartTLS,
     Verify,
 )
+from ._lockout import AuthLockout
 from ._message import OutgoingMessage, prepare_message
 from ._metrics import Metrics
 from ._params import ParamError, xtext_decode, xtext_encode
@@ -105,6 +106,7 @@ __all__ = (
     "AddressError",
     "AuthChallenge",
     "AuthCredentials",
+    "AuthLockout",
     "Authenticate",
     "AuthenticationFailed",
     "BdatChunk",

@@ -23,6 +23,7 @@ from ._envelope import Envelope, SessionInfo, TLSInfo
 from ._errors import RemoteProtocolError
 from ._events import (
     NEED_DATA,
+    AuthChallenge,
     AuthCredentials,
     BdatChunk,
     ConnectionClosed,
@@ -43,6 +44,7 @@ from ._events import (
     StartData,
     StartTLS,
 )
+from ._lockout import AuthLockout
 from ._metrics import Metrics
 from ._router import Router
 from ._server import ServerConnection
@@ -78,6 +80,8 @@ R_AUTH_OK = Reply(235, "Authentication successful", "2.7.0")
 R_AUTH_FAILED = Reply(535, "Authentication credentials invalid", "5.7.8")
 R_HANDLER_FAILED = Reply(451, "Local error in processing, try again later", "4.3.0")
 R_TOO_MANY_ERRORS = Reply(421, "Too many errors, closing connection", "4.7.0")
+R_TOO_MANY_AUTH_FAILURES = Reply(421, "Too many failed logins, closing connection", "4.7.0")
+R_AUTH_LOCKED_OUT = Reply(421, "Too many failed logins from your address, try again later", "4.7.0")
 R_ACCEPTED = Reply(250, "OK: message accepted", "2.0.0")
 R_TIMEOUT = Reply(421, "Timeout, closing connection", "4.4.2")
 R_SHUTTING_DOWN = Reply(421, "Service shutting down, try again later", "4.3.2")
@@ -178,6 +182,10 @@ class Policy:
     spool_threshold: int = 1024 * 1024  #: content beyond this goes to a file
     auth_required: bool = False  #: MAIL before AUTH gets 530 5.7.0 (submission servers)
     relay_domains: frozenset[str] | None = None  #: None: any routed address is addressable
+    #: failed AUTHs on one connection; the next AUTH gets 421 4.7.0 and close, unchecked
+    max_auth_failures: int | None = 3
+    #: failed AUTHs per client address across connections (None: not counted)
+    auth_lockout: AuthLockout | None = None
 
     def on_connect(self, info: SessionInfo) -> Reply | Awaitable[Reply | None] | None:
         """Return a reply to greet with instead of the default 220 (554 refuses service)."""
@@ -241,6 +249,7 @@ class Session:
         self._waiting: Action | None = None
         self._transactions = 0
         self._errors = 0
+        self._auth_failures = 0
         self._conversation = self._converse()
         self._closed = False
         self._mail: MailFrom | None = None
@@ -433,6 +442,8 @@ class Session:
             yield from self._end_of_data(event)
         elif isinstance(event, AuthCredentials):
             yield from self._authenticate(event)
+        elif isinstance(event, AuthChallenge):
+            self._reply(self._auth_refusal() or event.default_reply)
         elif isinstance(event, StartTLS):
             yield from self._start_tls(event)
         elif isinstance(event, InvalidCommand):
@@ -597,7 +608,32 @@ class Session:
             )
         return R_ACCEPTED
 
+    def _auth_refusal(self) -> Reply | None:
+        """421 4.7.0 instead of another AUTH step once this connection, or this client's
+        address, has failed too often: decided before any password is checked, so a guesser
+        costs no hashing."""
+        limit = self.policy.max_auth_failures
+        if limit is not None and self._auth_failures >= limit:
+            return R_TOO_MANY_AUTH_FAILURES
+        lockout, address = self.policy.auth_lockout, self._address
+        if lockout is not None and address is not None:
+            now = self._clock().timestamp()
+            if lockout.locked(address, now):
+                lockout.failed(address, now)  # still guessing: stays locked out
+                log.info("AUTH refused: too many failures from %s", address, extra=self._log_extra)
+                return R_AUTH_LOCKED_OUT
+        return None
+
+    @property
+    def _address(self) -> str | None:
+        """The client's address (after a PROXY header: the real client's)."""
+        return self.info.peer[0] if self.info.peer else None
+
     def _authenticate(self, event: AuthCredentials) -> Generator[_Question, object, None]:
+        refusal = self._auth_refusal()
+        if refusal is not None:
+            self._reply(refusal)
+            return
         identity = yield Authenticate(self.policy.authenticate, (event.credentials, self.info))
         if isinstance(identity, str):
             self.metrics.add(auth_successes=1)
@@ -605,15 +641,25 @@ class Session:
             self.info = attrs.evolve(self.info, auth_identity=identity)
             log.info("authenticated as %s", identity, extra=self._log_extra)
             return
-        if isinstance(identity, Reject):
-            self._reply(identity.reply)
-        elif isinstance(identity, BaseException):
+        if isinstance(identity, BaseException) and not isinstance(identity, Reject):
             log.error("authenticate hook failed", exc_info=identity, extra=self._log_extra)
             self._reply(Reply(454, "Temporary authentication failure", "4.7.0"))
         else:
-            self._reply(R_AUTH_FAILED)
+            self._auth_failed(identity.reply if isinstance(identity, Reject) else R_AUTH_FAILED)
         self.metrics.add(auth_failures=1)
         log.info("authentication failed for %r", event.credentials.username, extra=self._log_extra)
+
+    def _auth_failed(self, reply: Reply) -> None:
+        """Answer a refused login, counted: per connection, towards ``max_errors``, and per
+        client address. A temporary refusal (4xx) counts only as an error."""
+        self._errors += 1
+        if reply.code >= 500:
+            self._auth_failures += 1
+            lockout, address = self.policy.auth_lockout, self._address
+            if lockout is not None and address is not None:
+                lockout.failed(address, self._clock().timestamp())
+        limit = self.policy.max_errors
+        self._reply(R_TOO_MANY_ERRORS if limit is not None and self._errors > limit else reply)
 
     def _start_tls(self, event: StartTLS) -> Generator[_Question, object, None]:
         self._reply(event.default_reply)

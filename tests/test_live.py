@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from smtp_core import (
+    AuthLockout,
     Credentials,
     Envelope,
     LoginMechanism,
@@ -132,6 +133,40 @@ def test_auth(kind: str, router: Router[Any], box: Collect, tls: TLS, mechanism:
             assert code == 235
             client.sendmail("a@example.org", ["b@example.com"], MESSAGE)
     assert box.envelopes[0].auth_identity == "alice"
+
+
+def test_password_guessing_is_limited(kind: str, router: Router[Any], box: Collect) -> None:
+    """Three wrong passwords on a connection get 535 each, the next AUTH 421 4.7.0 and a close;
+    five from one address lock its AUTH out, across connections, while its mail still flows."""
+    config = ServerConfig(auth_mechanisms=(PlainMechanism, LoginMechanism), auth_require_tls=False)
+    policy = Accounts(max_auth_failures=3, auth_lockout=AuthLockout(max_failures=5))
+
+    def plain(password: str) -> str:
+        return "PLAIN " + base64.b64encode(f"\0alice\0{password}".encode()).decode()
+
+    with running(kind, router, config=config, policy=policy) as server:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
+            client.ehlo()
+            for guess in ("a", "b", "c"):
+                assert client.docmd("AUTH", plain(guess))[0] == 535
+            code, text = client.docmd("AUTH", plain("pw"))  # not even checked now
+            assert (code, text[:5]) == (421, b"4.7.0")
+            assert client.sock is not None and client.sock.recv(1) == b""  # closed
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
+            client.ehlo()
+            client.user, client.password = "alice", "wrong"
+            for _ in range(2):
+                with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+                    client.auth("LOGIN", client.auth_login)
+                assert refused.value.smtp_code == 535
+            code, text = client.docmd("AUTH", plain("pw"))  # five failures from 127.0.0.1
+            assert (code, text[:5]) == (421, b"4.7.0") and b"your address" in text
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
+            assert client.sendmail("a@example.org", ["b@example.com"], MESSAGE) == {}
+        metrics = server.metrics
+        assert metrics.auth_failures == 5 and metrics.auth_successes == 0
+        assert metrics.rejects[535] == 5 and metrics.rejects[421] == 2
+    assert len(box.envelopes) == 1
 
 
 def test_five_recipients_utf8_and_8bit(kind: str, router: Router[Any], box: Collect) -> None:

@@ -4,11 +4,13 @@ handler refusal and crash, LMTP, fan-out, spooling."""
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from smtp_core import (
+    AuthLockout,
     Credentials,
     Envelope,
     LoginMechanism,
@@ -19,7 +21,9 @@ from smtp_core import (
     Router,
     ServerConfig,
     SessionInfo,
+    TLSInfo,
     TranscriptError,
+    TranscriptResult,
     run_transcript,
 )
 
@@ -210,6 +214,114 @@ S: 538 5.7.11 *
         config=AUTH_CONFIG,
         policy=Accounts(),
     )
+
+
+LOGIN_USER = base64.b64encode(b"alice").decode()
+LOGIN_GUESS = base64.b64encode(b"guess").decode()
+FAILED_PLAIN = f"C: AUTH PLAIN {BAD}\nS: 535 5.7.8 *\n"
+FAILED_LOGIN = (
+    f"C: AUTH LOGIN\nS: 334 *\nC: {LOGIN_USER}\nS: 334 *\nC: {LOGIN_GUESS}\nS: 535 5.7.8 *\n"
+)
+CLOSED_BY_GUESSING = "S: 421 4.7.0 Too many failed logins, closing connection"
+
+AUTH_LIMITS = [
+    # (id, policy options, the script after EHLO)
+    ("third-plain-closes", {}, FAILED_PLAIN * 3 + f"C: AUTH PLAIN {GOOD}\n{CLOSED_BY_GUESSING}\n"),
+    ("login-refused-at-once", {}, FAILED_LOGIN * 3 + f"C: AUTH LOGIN\n{CLOSED_BY_GUESSING}\n"),
+    (
+        "mixed-mechanisms",
+        {"max_auth_failures": 2},
+        FAILED_PLAIN + FAILED_LOGIN + f"C: AUTH LOGIN {LOGIN_USER}\n{CLOSED_BY_GUESSING}\n",
+    ),
+    ("success-within-limit", {}, FAILED_PLAIN * 2 + f"C: AUTH PLAIN {GOOD}\nS: 235 2.7.0 *\n"),
+    ("unlimited", {"max_auth_failures": None}, FAILED_PLAIN * 5),
+    (
+        "counts-towards-max-errors",
+        {"max_errors": 3, "max_auth_failures": None},
+        "C: FROB\nS: 500 *\n"
+        + FAILED_PLAIN * 2
+        + f"C: AUTH PLAIN {BAD}\nS: 421 4.7.0 Too many errors*\n",
+    ),
+    (
+        "cancel-is-an-error-not-a-failure",
+        {"max_errors": 20},
+        "C: AUTH LOGIN\nS: 334 *\nC: *\nS: 501 *\n" * 3 + f"C: AUTH PLAIN {GOOD}\nS: 235 *\n",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("options", "script"), [c[1:] for c in AUTH_LIMITS], ids=[c[0] for c in AUTH_LIMITS]
+)
+def test_failed_auth_limit_per_connection(
+    router: Router[Any], options: dict[str, Any], script: str
+) -> None:
+    result = run_transcript(
+        "S: 220 *\nC: EHLO c\nS: 250 *\n" + script,
+        router,
+        policy=Accounts(**options),
+        config=AUTH_CONFIG,
+        tls=TLSInfo("TLSv1.3", "X"),
+    )
+    assert result.closed == script.endswith(("closing connection\n", "Too many errors*\n"))
+
+
+class CountedAccounts(Accounts):
+    """Accounts that counts how often a password is actually checked."""
+
+    checks = 0
+
+    def authenticate(self, credentials: Credentials, info: SessionInfo) -> str | None:
+        self.checks += 1
+        return super().authenticate(credentials, info)
+
+
+def test_failures_per_address_lock_out_auth_across_connections(router: Router[Any]) -> None:
+    lockout = AuthLockout(max_failures=4, window=60)
+    policy = CountedAccounts(auth_lockout=lockout)
+    now = [1000.0]
+
+    def clock() -> datetime:
+        return datetime.fromtimestamp(now[0], UTC)
+
+    def connect(script: str, peer: str = "192.0.2.1") -> TranscriptResult:
+        return run_transcript(
+            "S: 220 *\nC: EHLO c\nS: 250 *\n" + script,
+            router,
+            policy=policy,
+            config=AUTH_CONFIG,
+            tls=TLSInfo("TLSv1.3", "X"),
+            peer=(peer, 40000),
+            clock=clock,
+        )
+
+    locked = f"C: AUTH PLAIN {GOOD}\nS: 421 4.7.0 Too many failed logins from your address*\n"
+    connect(FAILED_PLAIN * 2)
+    connect(FAILED_PLAIN * 2)  # four failures from one address, over two connections
+    assert policy.checks == 4
+    assert connect(locked).closed  # the right password, but refused before it is checked
+    assert connect("C: AUTH LOGIN\n" + locked.partition("\n")[2]).closed
+    assert policy.checks == 4
+    connect(f"C: AUTH PLAIN {GOOD}\nS: 235 *\nC: MAIL FROM:<a@b.example>\nS: 250 *\n", "192.0.2.9")
+    connect("C: MAIL FROM:<a@b.example>\nS: 250 *\n")  # mail without AUTH goes on
+    now[0] += 59  # each refusal counted as a failure too: still locked a window after the last
+    connect(locked)
+    now[0] += 60
+    connect(f"C: AUTH PLAIN {GOOD}\nS: 235 *\n")
+
+
+def test_lockout_table_is_bounded_and_forgets() -> None:
+    lockout = AuthLockout(max_failures=2, window=10, max_addresses=3)
+    for n in range(5):
+        lockout.failed(f"198.51.100.{n}", float(n))
+    assert len(lockout) == 3  # the two that failed least recently were dropped
+    lockout.failed("198.51.100.4", 5.0)
+    assert lockout.locked("198.51.100.4", 14.9)
+    assert not lockout.locked("198.51.100.4", 15.0)  # ten quiet seconds: forgotten
+    assert not lockout.locked("198.51.100.0", 5.0)
+    lockout.failed("198.51.100.3", 3.5)
+    assert lockout.locked("198.51.100.3", 13.4)  # the window runs from the last failure
+    assert not lockout.locked("198.51.100.3", 13.5)
 
 
 def test_max_recipients(router: Router[Any]) -> None:
