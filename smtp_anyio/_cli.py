@@ -294,10 +294,16 @@ def _servers(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 class _ThreadedAuthFilePolicy(AuthFilePolicy):
-    """On an event loop, the deliberately slow hash check runs in a worker thread."""
+    """On an event loop, the deliberately slow hash check runs in a worker thread, no more at
+    once than the policy's hash slots: other logins wait on the loop, not in the worker
+    threads that handlers need too."""
+
+    _limiter: anyio.CapacityLimiter | None = None
 
     async def authenticate(self, credentials: Credentials, info: SessionInfo) -> str | None:
-        return await anyio.to_thread.run_sync(self.check, credentials)
+        if self._limiter is None:  # made in the loop (a --workers child has its own)
+            self._limiter = anyio.CapacityLimiter(self.concurrent_checks)
+        return await anyio.to_thread.run_sync(self.check, credentials, limiter=self._limiter)
 
 
 def _debugging(handler: Any) -> Any:

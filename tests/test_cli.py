@@ -296,10 +296,31 @@ def login(port: int, context: ssl.SSLContext, user: str, password: str, mechanis
 def test_hash_password(tmp_path: Path) -> None:
     done = run("hash-password", cwd=tmp_path, stdin="correct horse\n")
     assert done.returncode == 0, done.stderr
-    assert re.fullmatch(r"pbkdf2-sha256\$\d+\$[0-9a-f]{32}\$[0-9a-f]{64}\n", done.stdout)
+    assert re.fullmatch(r"pbkdf2-sha256\$600000\$[0-9a-f]{32}\$[0-9a-f]{64}\n", done.stdout)
     assert "correct horse" not in done.stdout
     empty = run("hash-password", cwd=tmp_path, stdin="\n")
     assert empty.returncode == 2 and empty.stderr.count("\n") == 1
+
+
+UNVERIFIABLE = [
+    ("unmarked", "bob:bobs-password", "an unmarked password"),
+    ("dovecot", "bob:{SHA512-CRYPT}$6$salt$hash", "the password scheme {SHA512-CRYPT}"),
+    ("htpasswd", "bob:$2y$05$abcdefghijklmnopqrstuv", "a bcrypt hash"),
+]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"), [c[1:] for c in UNVERIFIABLE], ids=[c[0] for c in UNVERIFIABLE]
+)
+def test_auth_file_with_a_line_it_cannot_verify_refuses_to_start(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    (tmp_path / "users").write_text(f"alice:{{PLAIN}}ok\n{line}\n")
+    done = run("serve", "--listen", "127.0.0.1:0", "--auth-file", "users", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert f"users:2: {message}" in done.stderr
+    assert "{PLAIN}" in done.stderr and "smtpmux hash-password" in done.stderr
 
 
 def test_auth_file_plain_and_hashed_over_tls_with_relay_domain(
@@ -307,7 +328,7 @@ def test_auth_file_plain_and_hashed_over_tls_with_relay_domain(
 ) -> None:
     hashed = run("hash-password", cwd=tmp_path, stdin="bobs password\n").stdout.strip()
     users = tmp_path / "users"
-    users.write_text(f"# smtpmux users\n\nalice:alices-secret\nbob:{hashed}\n")
+    users.write_text(f"# smtpmux users\n\nalice:{{PLAIN}}alices-secret\nbob:{hashed}\n")
     server = smtpmux(
         "serve",
         "--listen",
@@ -435,7 +456,7 @@ def test_discard(smtpmux: Start, tmp_path: Path) -> None:
 
 def test_debug_traces_the_protocol_without_auth_secrets(smtpmux: Start, tmp_path: Path) -> None:
     password = "p4ss-w0rd-secret"
-    (tmp_path / "users").write_text(f"alice:{password}\n")
+    (tmp_path / "users").write_text(f"alice:{{PLAIN}}{password}\n")
     server = smtpmux("serve", "--listen", "127.0.0.1:0", "--auth-file", "users", "--debug")
     [port] = server.listening()
     for mechanism in ("PLAIN", "LOGIN"):
@@ -496,6 +517,7 @@ BAD_OPTIONS: list[tuple[str, list[str]]] = [
     ("store-and-discard", ["--eml-dir", "b", "--discard"]),
     ("missing-auth-file", ["--auth-file", "{missing}"]),
     ("auth-require-tls-without-cert", ["--auth-file", "{users}", "--auth-require-tls"]),
+    ("unmarked-password-in-auth-file", ["--auth-file", "{unmarked}"]),
     ("bad-size", ["--max-message-size", "lots"]),
     ("zero-recipients", ["--max-recipients", "0"]),
     ("bad-timeout", ["--timeout", "0"]),
@@ -508,13 +530,15 @@ BAD_OPTIONS: list[tuple[str, list[str]]] = [
 def test_bad_options_one_line_exit_2(
     tmp_path: Path, certificate: dict[str, Path], case: str, options: list[str]
 ) -> None:
-    (tmp_path / "users").write_text("alice:secret\n")
+    (tmp_path / "users").write_text("alice:{PLAIN}secret\n")
+    (tmp_path / "unmarked").write_text("# users\nalice:secret\n")
     names = {
         "missing": str(tmp_path / "missing.pem"),
         "cert": str(certificate["cert"]),
         "bad_key": str(certificate["bad_key"]),
         "directory": str(tmp_path),
         "users": str(tmp_path / "users"),
+        "unmarked": str(tmp_path / "unmarked"),
     }
     done = run(
         "serve", "--listen", "127.0.0.1:0", *[o.format(**names) for o in options], cwd=tmp_path

@@ -188,7 +188,7 @@ def test_sighup_reloads_auth_file_and_certificate_without_dropping_sessions(
         return issued.cert_chain_pems[0].bytes()
 
     first = issue()
-    auth.write_text("alice:first\n")
+    auth.write_text("alice:{PLAIN}first\n")
     server = start(
         "serve",
         "--workers",
@@ -227,7 +227,7 @@ def test_sighup_reloads_auth_file_and_certificate_without_dropping_sessions(
     open_session.ehlo()
 
     second = issue()
-    auth.write_text("alice:second\nbob:bobs\n")
+    auth.write_text("alice:{PLAIN}second\nbob:{PLAIN}bobs\n")
     server.process.send_signal(signal.SIGHUP)
     wait_until(lambda: server.stderr_so_far().count("reloaded 2 users") >= int(workers))
 
@@ -238,10 +238,12 @@ def test_sighup_reloads_auth_file_and_certificate_without_dropping_sessions(
     assert open_session.noop()[0] == 250  # the session opened before the reload goes on
     open_session.quit()
 
-    auth.write_text("no colon here\n")  # a broken file: the old users stay
+    auth.write_text("alice:{PLAIN}third\nbob:bobs\n")  # a line it cannot verify: old users stay
     server.process.send_signal(signal.SIGHUP)
     wait_until(lambda: "kept the old users" in server.stderr_so_far())
+    assert f"{auth}:2: an unmarked password" in server.stderr_so_far()
     assert login("bob", "bobs") == 235
+    assert login("alice", "third") == 535
     assert server.stop(10) == 0
 
 
@@ -293,7 +295,7 @@ def test_json_logs_carry_the_session_fields_and_no_secrets(
     start: type[Supervised], tmp_path: Path, backend: str
 ) -> None:
     auth = tmp_path / "users"
-    auth.write_text("alice:s3cret-password\n")
+    auth.write_text("alice:{PLAIN}s3cret-password\n")
     server = start(
         "serve",
         "--backend",
