@@ -49,7 +49,7 @@ from smtp_sync._auth_file import AuthFilePolicy, hash_password, load_auth_file
 from smtp_sync.handlers import Discard, EmlDirectory, Maildir, Printer
 
 from ._client import connect
-from ._operations import JSONFormatter, MetricsEndpoint, Reloader, TextFormatter
+from ._operations import JSONFormatter, MetricsEndpoint, Reloader, TextFormatter, server_context
 from ._server import Server
 from ._workers import MetricsBoard, share_listeners, supervise
 
@@ -225,12 +225,10 @@ def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
         if args.tls_key or args.tls_listen:
             raise UsageError("--tls-key and --tls-listen need --tls-cert")
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(args.tls_cert, args.tls_key)
+        return server_context(args.tls_cert, args.tls_key)
     except (OSError, ssl.SSLError) as exc:
         raise UsageError(f"cannot load TLS certificate {args.tls_cert}: {exc}") from None
-    return context
 
 
 async def _discard(envelope: Envelope) -> None:

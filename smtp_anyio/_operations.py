@@ -16,7 +16,7 @@ from typing import Any
 
 from smtp_sync._auth_file import AuthFilePolicy, load_auth_file
 
-__all__ = ["JSONFormatter", "MetricsEndpoint", "Reloader", "TextFormatter"]
+__all__ = ["JSONFormatter", "MetricsEndpoint", "Reloader", "TextFormatter", "server_context"]
 
 log = logging.getLogger("smtpmux.server")
 
@@ -95,12 +95,25 @@ class MetricsEndpoint:
         self._http.server_close()
 
 
-class Reloader:
-    """SIGHUP: load the certificate and the auth file again, in place.
+def server_context(cert: str, key: str | None) -> ssl.SSLContext:
+    """A server's TLS context holding this certificate and key. Raises OSError or
+    ssl.SSLError if either cannot be read or the key does not belong to the certificate."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
 
-    New TLS handshakes use the new certificate (``load_cert_chain`` on the same SSLContext);
-    open connections keep theirs; the auth policy swaps its user table. A file that cannot be
-    read is logged and the old one kept, so a typo never takes the server down.
+
+class Reloader:
+    """SIGHUP: load the certificate and the auth file again.
+
+    The certificate goes into a NEW context, which replaces the served one only once it loaded
+    whole: ``load_cert_chain`` on the live context would install a new certificate before
+    finding that its key does not match, and every handshake after that would fail. The
+    servers keep the context they were given; its ``sni_callback`` (which OpenSSL calls early
+    in every handshake, with or without SNI) hands each new connection the current context,
+    the standard way to serve another certificate. Open connections keep theirs; the auth
+    policy swaps its user table, checked whole. A file that cannot be used is logged and the
+    old one kept, so a typo never takes the server down.
     """
 
     def __init__(
@@ -113,14 +126,26 @@ class Reloader:
     ) -> None:
         self.context, self.cert, self.key = context, cert, key
         self.policy, self.auth_file = policy, auth_file
+        self.current = context  #: the context new handshakes get
+        if context is not None and cert:
+            context.sni_callback = self._hand_over
+
+    def _hand_over(
+        self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: object
+    ) -> None:
+        current = self.current
+        if current is not None and current is not connection.context:
+            connection.context = current
 
     def reload(self) -> None:
         if self.context is not None and self.cert:
             try:
-                self.context.load_cert_chain(self.cert, self.key)
-                log.info("reloaded the TLS certificate from %s", self.cert)
+                fresh = server_context(self.cert, self.key)
             except (OSError, ssl.SSLError) as exc:
                 log.error("kept the old TLS certificate: cannot load %s: %s", self.cert, exc)
+            else:
+                self.current = fresh
+                log.info("reloaded the TLS certificate from %s", self.cert)
         if self.auth_file and isinstance(self.policy, AuthFilePolicy):
             try:
                 self.policy.users = load_auth_file(self.auth_file)

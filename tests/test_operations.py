@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from smtp_anyio._operations import Reloader, server_context
+
 from .clients import free_port
 from .test_cli import BACKENDS, MESSAGE, Smtpmux, maildir, send
 
@@ -244,6 +246,116 @@ def test_sighup_reloads_auth_file_and_certificate_without_dropping_sessions(
     assert f"{auth}:2: an unmarked password" in server.stderr_so_far()
     assert login("bob", "bobs") == 235
     assert login("alice", "third") == 535
+    assert server.stop(10) == 0
+
+
+class Issuer:
+    """Writes certificates and keys from one trustme CA to cert.pem and key.pem."""
+
+    def __init__(self, directory: Path) -> None:
+        self.ca = trustme.CA()
+        self.cert, self.key = directory / "cert.pem", directory / "key.pem"
+        self.client = ssl.create_default_context()
+        self.ca.configure_trust(self.client)
+
+    def issue(self, key_of_another: bool = False) -> bytes:
+        """Write a new certificate (with its key, or with the key of a different one); return
+        the certificate's DER."""
+        issued = self.ca.issue_cert("127.0.0.1")
+        issued.cert_chain_pems[0].write_to_path(str(self.cert))
+        key = self.ca.issue_cert("127.0.0.1") if key_of_another else issued
+        key.private_key_pem.write_to_path(str(self.key))
+        return ssl.PEM_cert_to_DER_cert(issued.cert_chain_pems[0].bytes().decode())
+
+
+def handshake(server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> bytes:
+    """A TLS handshake in memory; the DER of the certificate the server presented."""
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = server_context.wrap_bio(to_server, to_client, server_side=True)
+    client = client_context.wrap_bio(to_client, to_server, server_hostname="127.0.0.1")
+    done: set[object] = set()
+    for _ in range(20):
+        for side in (client, server):
+            if side not in done:
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    side.do_handshake()
+                    done.add(side)
+        if len(done) == 2:
+            der = client.getpeercert(binary_form=True)
+            assert der is not None
+            return der
+    raise AssertionError("the handshake did not finish")
+
+
+def test_reloader_keeps_serving_the_old_certificate_when_the_new_key_does_not_match(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    issuer = Issuer(tmp_path)
+    first = issuer.issue()
+    context = server_context(str(issuer.cert), str(issuer.key))
+    reloader = Reloader(context, str(issuer.cert), str(issuer.key), None, None)
+    assert handshake(context, issuer.client) == first
+
+    issuer.issue(key_of_another=True)
+    reloader.reload()
+    assert "kept the old TLS certificate" in caplog.text
+    assert handshake(context, issuer.client) == first  # not a broken context
+
+    second = issuer.issue()
+    reloader.reload()
+    assert handshake(context, issuer.client) == second
+    (tmp_path / "key.pem").write_text("not a key")
+    reloader.reload()
+    assert handshake(context, issuer.client) == second
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sighup_with_a_mismatched_key_keeps_tls_working(
+    start: type[Supervised], tmp_path: Path, backend: str
+) -> None:
+    """The defect: a reload with a key that does not match the certificate broke every later
+    handshake, while the log said the old certificate was kept."""
+    issuer = Issuer(tmp_path)
+    first = issuer.issue()
+    server = start(
+        "serve",
+        "--backend",
+        backend,
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        str(issuer.cert),
+        "--tls-key",
+        str(issuer.key),
+        "--discard",
+    )
+    port, tls_port = server.listening(2)
+
+    def deliver() -> list[bytes]:
+        """Send a message over STARTTLS and over implicit TLS; the certificates presented."""
+        presented = []
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.starttls(context=issuer.client)
+            presented.append(client.sock.getpeercert(binary_form=True))  # type: ignore[union-attr]
+            assert client.sendmail("a@example.org", ["b@example.com"], MESSAGE) == {}
+        with smtplib.SMTP_SSL("127.0.0.1", tls_port, timeout=10, context=issuer.client) as client:
+            presented.append(client.sock.getpeercert(binary_form=True))  # type: ignore[union-attr]
+            assert client.sendmail("a@example.org", ["b@example.com"], MESSAGE) == {}
+        return presented  # type: ignore[return-value]
+
+    assert deliver() == [first, first]
+    issuer.issue(key_of_another=True)
+    server.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "kept the old TLS certificate" in server.stderr_so_far())
+    assert "key values mismatch" in server.stderr_so_far().lower()
+    assert deliver() == [first, first]
+
+    second = issuer.issue()
+    server.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reloaded the TLS certificate" in server.stderr_so_far())
+    assert deliver() == [second, second]
     assert server.stop(10) == 0
 
 
