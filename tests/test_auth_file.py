@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from smtp_core import Credentials
+from smtp_core import Credentials, SessionInfo
 from smtp_sync import _auth_file
 from smtp_sync._auth_file import AuthFilePolicy, hash_password, load_auth_file, verify_password
 
@@ -187,3 +187,44 @@ def test_hash_checks_run_a_few_at_a_time(monkeypatch: pytest.MonkeyPatch) -> Non
     for thread in threads:
         thread.join(30)
     assert most == 2
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.mark.anyio
+async def test_on_an_event_loop_waiting_checks_hold_no_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CLI's policy for asyncio and trio: beyond the hash slots, logins wait on the loop,
+    not in worker threads (which handlers need as well)."""
+    import anyio
+
+    from smtp_anyio._cli import _ThreadedAuthFilePolicy
+
+    running, release, lock = [0], threading.Event(), threading.Lock()
+
+    def pbkdf2(name: str, password: bytes, salt: bytes, rounds: int) -> bytes:
+        with lock:
+            running[0] += 1
+        release.wait(30)
+        return b"\0" * 32
+
+    monkeypatch.setattr(_auth_file, "_pbkdf2", pbkdf2)
+    policy = _ThreadedAuthFilePolicy({}, concurrent_checks=2)
+    info = SessionInfo("s", "localhost")
+    async with anyio.create_task_group() as tasks:
+        for _ in range(5):
+            tasks.start_soon(policy.authenticate, Credentials("nobody", "x"), info)
+        with anyio.fail_after(30):
+            while running[0] < 2:
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.3)  # room for more threads to start, were they not limited
+        assert policy._limiter is not None
+        statistics = policy._limiter.statistics()
+        assert (statistics.borrowed_tokens, statistics.tasks_waiting) == (2, 3)
+        assert running[0] == 2
+        release.set()
+    assert running[0] == 5

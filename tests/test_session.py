@@ -266,6 +266,47 @@ def test_failed_auth_limit_per_connection(
     assert result.closed == script.endswith(("closing connection\n", "Too many errors*\n"))
 
 
+class Moody(Policy):
+    """Refuses ``reject`` with its own 5xx, fails on ``crash``, lets ``alice`` in."""
+
+    def authenticate(self, credentials: Credentials, info: SessionInfo) -> str | None:
+        if credentials.password == "crash":
+            raise OSError("the user database is down")
+        if credentials.password == "reject":
+            raise Reject(Reply(535, "Account disabled", "5.7.8"))
+        return "alice" if credentials.password == "s3cret" else None
+
+
+def _plain(password: str) -> str:
+    return base64.b64encode(f"\0alice\0{password}".encode()).decode()
+
+
+HOOK_OUTCOMES = [
+    # a 454 (our fault) is an error but not a failed login; a 5xx Reject is a failed login
+    (
+        "hook-failure-is-not-a-failed-login",
+        f"C: AUTH PLAIN {_plain('crash')}\nS: 454 4.7.0 *\n" * 4
+        + f"C: AUTH PLAIN {GOOD}\nS: 235 *\n",
+    ),
+    (
+        "reject-counts",
+        f"C: AUTH PLAIN {_plain('reject')}\nS: 535 5.7.8 Account disabled\n" * 3
+        + f"C: AUTH PLAIN {GOOD}\n{CLOSED_BY_GUESSING}\n",
+    ),
+]
+
+
+@pytest.mark.parametrize("script", [c[1] for c in HOOK_OUTCOMES], ids=[c[0] for c in HOOK_OUTCOMES])
+def test_what_counts_as_a_failed_login(router: Router[Any], script: str) -> None:
+    run_transcript(
+        "S: 220 *\nC: EHLO c\nS: 250 *\n" + script,
+        router,
+        policy=Moody(),
+        config=AUTH_CONFIG,
+        tls=TLSInfo("TLSv1.3", "X"),
+    )
+
+
 class CountedAccounts(Accounts):
     """Accounts that counts how often a password is actually checked."""
 
