@@ -94,6 +94,7 @@ def _parse(stored: str) -> _Stored:
 
 
 def hash_password(password: str, *, iterations: int = _ITERATIONS) -> str:
+    """A new salted ``pbkdf2-sha256$…`` line for the auth file."""
     salt = os.urandom(16)
     digest = _pbkdf2("sha256", password.encode(), salt, iterations)
     return f"{_SCHEME}${iterations}${salt.hex()}${digest.hex()}"
