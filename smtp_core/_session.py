@@ -12,12 +12,13 @@ replies produced on the way are batched into one ``Send`` per round (RFC 2920 §
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from datetime import datetime
 from typing import Any, TypeAlias
 
 import attrs
 
+from ._address import normalize_domain
 from ._config import ServerConfig
 from ._envelope import Envelope, SessionInfo, TLSInfo
 from ._errors import RemoteProtocolError
@@ -168,6 +169,15 @@ class Deliver(Call):
 # --- policy ----------------------------------------------------------------------------------
 
 
+def _relay_domains(domains: Iterable[str] | None) -> frozenset[str] | None:
+    """Relay domains in the form the check compares: normalised once, when they are set."""
+    if domains is None:
+        return None
+    if isinstance(domains, str):
+        raise TypeError("relay_domains is a collection of domains, not one string")
+    return frozenset(normalize_domain(domain) for domain in domains)
+
+
 @attrs.define
 class Policy:
     """The decisions a server makes about its clients. Subclass and override the hooks (sync
@@ -177,7 +187,8 @@ class Policy:
     max_errors: int | None = 20  #: invalid commands before 421 and close
     spool_threshold: int = 1024 * 1024  #: content beyond this goes to a file
     auth_required: bool = False  #: MAIL before AUTH gets 530 5.7.0 (submission servers)
-    relay_domains: frozenset[str] | None = None  #: None: any routed address is addressable
+    #: None: any routed address is addressable; IDNA-normalised (``normalize_domain``) when set
+    relay_domains: frozenset[str] | None = attrs.field(default=None, converter=_relay_domains)
 
     def on_connect(self, info: SessionInfo) -> Reply | Awaitable[Reply | None] | None:
         """Return a reply to greet with instead of the default 220 (554 refuses service)."""
@@ -194,8 +205,10 @@ class Policy:
         with ``relay_domains`` set, unauthenticated clients reach only those domains."""
         if self.relay_domains is None or info.auth_identity is not None:
             return True
-        domain = address.rpartition("@")[2].lower().rstrip(".")
-        return domain in self.relay_domains
+        try:
+            return normalize_domain(address.rpartition("@")[2]) in self.relay_domains
+        except ValueError:  # not IDNA: the engine refuses such an address before it gets here
+            return False
 
 
 # --- the session -----------------------------------------------------------------------------

@@ -496,6 +496,7 @@ BAD_OPTIONS: list[tuple[str, list[str]]] = [
     ("store-and-discard", ["--eml-dir", "b", "--discard"]),
     ("missing-auth-file", ["--auth-file", "{missing}"]),
     ("auth-require-tls-without-cert", ["--auth-file", "{users}", "--auth-require-tls"]),
+    ("relay-domain-not-idna", ["--relay-domain", "xn--zz.example"]),
     ("bad-size", ["--max-message-size", "lots"]),
     ("zero-recipients", ["--max-recipients", "0"]),
     ("bad-timeout", ["--timeout", "0"]),
