@@ -41,6 +41,7 @@ from smtp_core import (
     SMTPError,
     SMTPNotSupported,
     format_reply,
+    normalize_domain,
     parse_path,
     prepare_message,
 )
@@ -71,6 +72,15 @@ def _host_port(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return (host.strip("[]") or "127.0.0.1", int(port))
+
+
+def _domain(text: str) -> str:
+    try:
+        return normalize_domain(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a domain name (IDNA 2008), got {text!r}"
+        ) from None
 
 
 def _size(text: str) -> int:
@@ -142,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--relay-domain",
         action="append",
+        type=_domain,
         default=[],
         metavar="DOMAIN",
         help="unauthenticated clients may send only to these domains (repeatable)",

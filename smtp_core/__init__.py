@@ -3,7 +3,7 @@
 Pure Python on the standard library and attrs: no sockets, TLS, event loops, threads or clocks.
 """
 
-from ._address import AddressError, parse_path, split_address
+from ._address import AddressError, normalize_domain, parse_path, split_address
 from ._client import ClientConnection, ClientEvent, ClientState, Command, Extensions, Response
 from ._client_session import (
     TLS_MODES,
@@ -198,6 +198,7 @@ __all__ = (
     "encode_proxy_header",
     "format_reply",
     "handle",
+    "normalize_domain",
     "parse_path",
     "parse_proxy_header",
     "prepare_message",

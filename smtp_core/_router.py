@@ -7,11 +7,12 @@ found, or ``None``: the session then refuses the recipient at RCPT time (550 5.1
 Patterns and addresses go through the same canonicalisation, once per pattern at ``add()`` and
 once per address at ``route()``, so a lookup is a handful of dict lookups:
 
-- Domain: lower-cased; a non-ASCII name converted label by label to A-labels with the standard
-  library's ``idna`` codec, which implements IDNA 2003 (nameprep, so ``straße.de`` becomes
-  ``strasse.de``, not the IDNA 2008 ``xn--strae-oqa.de``); when conversion fails the lower-cased
-  text is kept. One trailing dot is ignored. An address literal (``[192.0.2.1]``,
-  ``[IPv6:2001:db8::1]``) is compared lower-cased as written.
+- Domain: ``normalize_domain``: lower case and A-labels by IDNA 2008 with UTS 46 mapping, so
+  ``Bücher.example`` and ``xn--bcher-kva.example`` are one domain, and ``straße.de`` is
+  ``xn--strae-oqa.de``, not IDNA 2003's ``strasse.de``. One trailing dot is ignored. A pattern
+  whose domain is not valid IDNA is refused; an address whose domain is not (the engine
+  refuses those at MAIL and RCPT) is compared lower-cased as written. An address literal
+  (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``) is compared lower-cased as written.
 - Local part: a quoted string is unquoted (quotes removed, quoted pairs resolved), so
   ``"bob"@x`` is ``bob@x``. Compared exactly, unless the router was built with
   ``subaddress_separator`` (cut at the first separator: ``bob+tag`` is ``bob``; a local part that
@@ -27,12 +28,13 @@ with ``ignore_dots``) is refused. The module does no I/O.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import attrs
+
+from ._address import normalize_domain
 
 __all__ = ["Router", "default_router", "handle"]
 
@@ -52,25 +54,15 @@ _DOMAIN_LITERAL = re.compile(r"\[[^\s\x00-\x1f\x7f\[\]\\]+\]")
 _DOMAIN_LABEL = re.compile(r'[^\s\x00-\x1f\x7f"(),:;<>@\[\]\\*]+')
 
 
-@functools.lru_cache(maxsize=1024)
-def _idna(domain: str) -> str:
-    """A lower-cased, non-ASCII domain converted to A-labels (IDNA 2003); as given on failure."""
-    try:
-        return domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        return domain
-
-
 def _canonical_domain(domain: str) -> str:
     """The form domains are compared in: lower case, A-labels, no trailing dot."""
-    domain = domain.lower()
     if domain.startswith("["):
-        return domain
-    if not domain.isascii():
-        # An ASCII name would come out of the codec unchanged (or fail its length checks and
-        # fall back to itself), so only non-ASCII names pay for the conversion.
-        domain = _idna(domain)
-    return domain[:-1] if domain.endswith(".") else domain
+        return domain.lower()
+    try:
+        return normalize_domain(domain)
+    except ValueError:
+        domain = domain.lower()
+        return domain[:-1] if domain.endswith(".") else domain
 
 
 def _unquote(local: str) -> str:
@@ -220,7 +212,12 @@ def _pattern_domain(pattern: str, domain: str) -> str | None:
     labels = (domain[:-1] if domain.endswith(".") else domain).split(".")
     if not all(_DOMAIN_LABEL.fullmatch(label) for label in labels):
         raise ValueError(f"pattern {pattern!r} has a malformed domain")
-    return _canonical_domain(domain)
+    try:
+        return normalize_domain(domain)
+    except ValueError:
+        raise ValueError(
+            f"pattern {pattern!r} has a domain that is not valid IDNA 2008 (RFC 5891)"
+        ) from None
 
 
 #: The router ``handle()`` registers on, for a one-file server (like net/http's DefaultServeMux).

@@ -12,12 +12,13 @@ replies produced on the way are batched into one ``Send`` per round (RFC 2920 §
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from datetime import datetime
 from typing import Any, TypeAlias
 
 import attrs
 
+from ._address import normalize_domain
 from ._config import ServerConfig
 from ._envelope import Envelope, SessionInfo, TLSInfo
 from ._errors import RemoteProtocolError
@@ -172,6 +173,15 @@ class Deliver(Call):
 # --- policy ----------------------------------------------------------------------------------
 
 
+def _relay_domains(domains: Iterable[str] | None) -> frozenset[str] | None:
+    """Relay domains in the form the check compares: normalised once, when they are set."""
+    if domains is None:
+        return None
+    if isinstance(domains, str):
+        raise TypeError("relay_domains is a collection of domains, not one string")
+    return frozenset(normalize_domain(domain) for domain in domains)
+
+
 @attrs.define
 class Policy:
     """The decisions a server makes about its clients. Subclass and override the hooks (sync
@@ -181,7 +191,8 @@ class Policy:
     max_errors: int | None = 20  #: invalid commands before 421 and close
     spool_threshold: int = 1024 * 1024  #: content beyond this goes to a file
     auth_required: bool = False  #: MAIL before AUTH gets 530 5.7.0 (submission servers)
-    relay_domains: frozenset[str] | None = None  #: None: any routed address is addressable
+    #: None: any routed address is addressable; IDNA-normalised (``normalize_domain``) when set
+    relay_domains: frozenset[str] | None = attrs.field(default=None, converter=_relay_domains)
     #: failed AUTHs on one connection; the next AUTH gets 421 4.7.0 and close, unchecked
     max_auth_failures: int | None = 3
     #: failed AUTHs per client address across connections (None: not counted)
@@ -202,8 +213,10 @@ class Policy:
         with ``relay_domains`` set, unauthenticated clients reach only those domains."""
         if self.relay_domains is None or info.auth_identity is not None:
             return True
-        domain = address.rpartition("@")[2].lower().rstrip(".")
-        return domain in self.relay_domains
+        try:
+            return normalize_domain(address.rpartition("@")[2]) in self.relay_domains
+        except ValueError:  # not IDNA: the engine refuses such an address before it gets here
+            return False
 
 
 # --- the session -----------------------------------------------------------------------------

@@ -518,6 +518,7 @@ BAD_OPTIONS: list[tuple[str, list[str]]] = [
     ("missing-auth-file", ["--auth-file", "{missing}"]),
     ("auth-require-tls-without-cert", ["--auth-file", "{users}", "--auth-require-tls"]),
     ("unmarked-password-in-auth-file", ["--auth-file", "{unmarked}"]),
+    ("relay-domain-not-idna", ["--relay-domain", "xn--zz.example"]),
     ("bad-size", ["--max-message-size", "lots"]),
     ("zero-recipients", ["--max-recipients", "0"]),
     ("bad-timeout", ["--timeout", "0"]),

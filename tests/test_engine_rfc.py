@@ -251,6 +251,11 @@ TABLE: list[Case] = [
         250,
         "2.1.5",
     ),
+    # RFC 5891 §5.4 (issue 11): a domain that is not valid IDNA 2008 gets 553 5.1.3
+    ("idna bad a-label mail", None, False, [EHLO], "MAIL FROM:<a@xn--zz.example>", 553, "5.1.3"),
+    ("idna bad a-label rcpt", None, False, T, "RCPT TO:<b@XN--ZZ.example>", 553, "5.1.3"),
+    ("idna emoji rcpt", None, False, [EHLO, MAIL + " SMTPUTF8"], "RCPT TO:<b@💩.la>", 553, "5.1.3"),
+    ("idna a-label rcpt", None, False, T, "RCPT TO:<b@xn--bcher-kva.example>", 250, "2.1.5"),
     # DATA and BDAT (RFC 5321 §4.1.1.4, RFC 3030)
     ("data after two rcpts", None, False, [*T, RCPT, "RCPT TO:<c@x.net>"], "DATA", 354, None),
     ("bdat lower case last", None, False, [*T, RCPT], "BDAT 0 last", 250, "2.0.0"),

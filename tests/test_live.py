@@ -265,6 +265,37 @@ def test_relay_denied(kind: str, box: Collect) -> None:
             assert (code, text[:5]) == (550, b"5.7.1")
 
 
+# Issue 11, live: one conversation, every step's reply; the Router holds *@straße.de and
+# *@bücher.example, the relay domains are written as A-labels.
+IDNA_STEPS = [
+    pytest.param("MAIL FROM:<a@xn--zz.example>", 553, b"5.1.3", id="mail-bad-a-label"),
+    pytest.param("MAIL FROM:<a@💩.la> SMTPUTF8", 553, b"5.1.3", id="mail-emoji"),
+    pytest.param("MAIL FROM:<a@bücher.example> SMTPUTF8", 250, b"2.1.0", id="mail-u-label"),
+    pytest.param("RCPT TO:<b@xn--zz.example>", 553, b"5.1.3", id="rcpt-bad-a-label"),
+    pytest.param("RCPT TO:<b@strasse.de>", 550, b"5.1.1", id="rcpt-ss-is-not-sharp-s"),
+    pytest.param("RCPT TO:<b@XN--STRAE-OQA.DE>", 250, b"2.1.5", id="rcpt-sharp-s-a-label"),
+    pytest.param("RCPT TO:<c@Bücher.example>", 250, b"2.1.5", id="rcpt-u-label-relay"),
+]
+
+
+def test_idna_mail_and_rcpt(kind: str, box: Collect) -> None:
+    router: Router[Any] = Router()
+    router.add("*@straße.de", box)
+    router.add("*@bücher.example", box)
+    policy = Policy(relay_domains=frozenset({"xn--strae-oqa.de", "xn--bcher-kva.example"}))
+    with running(kind, router, policy=policy) as server:
+        with smtplib.SMTP("127.0.0.1", server.port) as client:
+            client.command_encoding = "utf-8"
+            client.ehlo()
+            for step in IDNA_STEPS:
+                command, code, enhanced = step.values
+                reply = client.docmd(command)
+                assert (reply[0], reply[1][:5]) == (code, enhanced), step.id
+                assert client.docmd("NOOP")[0] == 250  # the server goes on
+            assert client.data(MESSAGE)[0] == 250
+    assert [e.rcpt_tos for e in box.envelopes] == [("b@XN--STRAE-OQA.DE", "c@Bücher.example")]
+
+
 def test_handler_crash_keeps_serving(kind: str, router: Router[Any], box: Collect) -> None:
     with running(kind, router) as server, smtplib.SMTP("127.0.0.1", server.port) as client:
         with pytest.raises(smtplib.SMTPDataError) as failed:

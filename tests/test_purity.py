@@ -1,10 +1,11 @@
-"""smtp_core stays sans-IO: the standard library and attrs, and no sockets, TLS, loops or threads.
+"""smtp_core stays sans-IO: the standard library, attrs and idna; no sockets, TLS, loops or threads.
 
 Two checks. Statically, every ``import`` in every smtp_core module (at any depth, so a lazy
-import inside a function counts too) names the standard library, attrs or smtp_core itself,
-and none of the stdlib modules that do I/O, concurrency or read the clock. Dynamically, a fresh
-interpreter that imports smtp_core loads no third-party module but attrs (whose code lives in
-the ``attr`` and ``attrs`` packages) and no networking or event-loop module at all.
+import inside a function counts too) names the standard library, attrs, idna (IDNA 2008 and
+UTS 46 tables: pure functions over strings) or smtp_core itself, and none of the stdlib modules
+that do I/O, concurrency or read the clock. Dynamically, a fresh interpreter that imports
+smtp_core loads no third-party module but attrs (whose code lives in the ``attr`` and ``attrs``
+packages) and idna, and no networking or event-loop module at all.
 
 ``threading`` is only checked statically: ``logging``, which the Session uses for its
 protocol trace, imports it, so any package that logs loads it; smtp_core never uses it.
@@ -20,13 +21,14 @@ import sys
 from pathlib import Path
 
 import attrs
+import idna
 import pytest
 
 import smtp_core
 
 PACKAGE = Path(smtp_core.__file__).parent
 SOURCES = sorted(PACKAGE.glob("*.py"))
-ALLOWED = frozenset(sys.stdlib_module_names) | {"attrs", "smtp_core"}
+ALLOWED = frozenset(sys.stdlib_module_names) | {"attrs", "idna", "smtp_core"}
 # Standard library, but not for a sans-IO engine that is told the time and never waits.
 IO_MODULES = frozenset(
     {
@@ -87,7 +89,7 @@ def test_the_scan_sees_every_kind_of_import() -> None:
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=[path.name for path in SOURCES])
-def test_module_imports_only_stdlib_and_attrs(path: Path) -> None:
+def test_module_imports_only_stdlib_attrs_and_idna(path: Path) -> None:
     names = imported_modules(path.read_text(encoding="utf-8"))
     assert names - ALLOWED == set(), "third-party imports"
     assert names & IO_MODULES == set(), "I/O, concurrency or clock imports"
@@ -99,9 +101,10 @@ def test_every_module_is_scanned() -> None:
 
 def test_importing_smtp_core_loads_no_io_module() -> None:
     """In a fresh interpreter without site (no .pth hooks importing things for us), with only
-    the project and attrs on the path: compare sys.modules before and after the import."""
+    the project, attrs and idna on the path: compare sys.modules before and after the import."""
     root = PACKAGE.parent
     attrs_home = Path(attrs.__file__).parent.parent
+    idna_home = Path(idna.__file__).parent.parent
     code = (
         "import json, sys\n"
         "before = set(sys.modules)\n"
@@ -109,7 +112,7 @@ def test_importing_smtp_core_loads_no_io_module() -> None:
         "print(json.dumps(sorted(set(sys.modules) - before)))\n"
     )
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
-    env["PYTHONPATH"] = os.pathsep.join([str(root), str(attrs_home)])
+    env["PYTHONPATH"] = os.pathsep.join([str(root), str(attrs_home), str(idna_home)])
     result = subprocess.run(
         [sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, timeout=60
     )
@@ -117,5 +120,5 @@ def test_importing_smtp_core_loads_no_io_module() -> None:
     loaded = set(json.loads(result.stdout))
     assert "smtp_core._server" in loaded  # the import did happen, from this tree
     tops = {name.split(".")[0] for name in loaded}
-    assert tops - frozenset(sys.stdlib_module_names) == {"attr", "attrs", "smtp_core"}
+    assert tops - frozenset(sys.stdlib_module_names) == {"attr", "attrs", "idna", "smtp_core"}
     assert tops & NEVER_LOADED == set()

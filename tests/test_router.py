@@ -73,8 +73,18 @@ DOMAINS = [
     pytest.param("*@BÜCHER.EXAMPLE", "bob@bücher.example", id="u-label-upper-case-pattern"),
     pytest.param("*@bücher.example", "bob@XN--BCHER-KVA.EXAMPLE", id="a-label-upper-case"),
     pytest.param("*@bücher.example", "bob@bücher。example", id="ideographic-full-stop"),
-    pytest.param("*@💩.la", "bob@xn--ls8h.la", id="emoji-label"),
-    pytest.param("*@straße.de", "bob@strasse.de", id="idna-2003-maps-sharp-s"),
+    # IDNA 2008 (RFC 5892) keeps ß, ς and the joiners; IDNA 2003 mapped ß to ss (issue 11).
+    pytest.param("*@straße.de", "bob@xn--strae-oqa.de", id="idna-2008-keeps-sharp-s"),
+    pytest.param("*@xn--strae-oqa.de", "bob@STRAßE.de", id="sharp-s-a-label-pattern"),
+    pytest.param("*@faß.de", "bob@xn--fa-hia.de", id="rfc5892-fass"),
+    pytest.param("*@βόλος.com", "bob@xn--nxasmm1c.com", id="rfc5892-final-sigma"),
+    # UTS 46 mapping: upper case, full-width forms, compatibility characters (§4 Processing).
+    pytest.param(
+        "*@example.com", "bob@\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25.com", id="uts46-full-width"
+    ),
+    pytest.param("*@\uff41\uff42\uff43.example", "bob@abc.example", id="uts46-full-width-pattern"),
+    pytest.param("*@bücher.example", "bob@BU\u0308CHER.example", id="uts46-nfc"),
+    pytest.param("*@xn--bcher-kva.example", "bob@xn--bcher-kva.example.", id="a-label-root-dot"),
     pytest.param("*@example.com", "bob@Example.COM", id="domain-case-addr"),
     pytest.param("*@EXAMPLE.com", "bob@example.com", id="domain-case-pattern"),
     pytest.param("bob@Example.com", "bob@eXample.com", id="domain-case-exact"),
@@ -83,9 +93,8 @@ DOMAINS = [
     pytest.param("*@bücher.example.", "bob@xn--bcher-kva.example", id="trailing-dot-u-label"),
     pytest.param("*@[192.0.2.1]", "bob@[192.0.2.1]", id="ipv4-literal"),
     pytest.param("*@[ipv6:2001:db8::1]", "bob@[IPv6:2001:DB8::1]", id="ipv6-literal-case"),
-    pytest.param(
-        "*@" + "ü" * 70 + ".de", "bob@" + "Ü" * 70 + ".de", id="idna-failure-compares-lower-text"
-    ),
+    pytest.param("*@" + "a" * 70 + ".de", "bob@" + "A" * 70 + ".de", id="ascii-is-only-lowered"),
+    pytest.param("*@ab--cd.example", "bob@AB--CD.example", id="ascii-double-hyphen"),
 ]
 
 
@@ -99,6 +108,11 @@ NO_DOMAIN_MATCH = [
     pytest.param("*@[192.0.2.1]", "bob@192.0.2.1", id="literal-is-not-a-name"),
     pytest.param("*@example.com", "bob@example.com..", id="one-trailing-dot-only"),
     pytest.param("*@example.com", "bob@example.co", id="different-domain"),
+    # Issue 11: the IDNA 2003 codec made these one domain.
+    pytest.param("*@straße.de", "bob@strasse.de", id="sharp-s-is-not-ss"),
+    pytest.param("*@strasse.de", "bob@straße.de", id="ss-is-not-sharp-s"),
+    pytest.param("*@straße.de", "bob@STRASSE.DE", id="sharp-s-is-not-upper-ss"),
+    pytest.param("*@example.com", "bob@xn--zz.example", id="invalid-a-label"),
 ]
 
 
@@ -264,6 +278,9 @@ ODD_ADDRESSES = [
     pytest.param("bob@a..b", LOCAL, id="empty-label"),
     pytest.param("bob@\udcff.de", LOCAL, id="lone-surrogate"),
     pytest.param("bob@" + "x" * 300, LOCAL, id="long-domain"),
+    pytest.param("bob@xn--zz.example", LOCAL, id="invalid-a-label"),
+    pytest.param("bob@" + "ü" * 70 + ".de", LOCAL, id="u-label-too-long"),
+    pytest.param("bob@💩.la", LOCAL, id="emoji-not-idna-2008"),
 ]
 
 
@@ -291,7 +308,13 @@ DUPLICATES: list[Any] = [
     pytest.param({}, "*@example.com", "*@EXAMPLE.COM", id="domain-case"),
     pytest.param({}, "bob@example.com", "bob@example.com.", id="trailing-dot"),
     pytest.param({}, "*@bücher.example", "*@xn--bcher-kva.example", id="u-label-a-label"),
-    pytest.param({}, "*@straße.de", "*@strasse.de", id="idna-2003-equal"),
+    pytest.param({}, "*@straße.de", "*@XN--STRAE-OQA.DE", id="idna-2008-sharp-s"),
+    pytest.param(
+        {},
+        "*@\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.com",
+        "*@example.com",
+        id="uts46-full-width",
+    ),
     pytest.param({}, "*@[IPv6:::1]", "*@[ipv6:::1]", id="literal-case"),
     pytest.param({}, '"bob"@example.com', "bob@example.com", id="quoted-unquoted"),
     pytest.param({"fold_case": True}, "Bob@example.com", "bOB@example.com", id="fold-case"),
@@ -316,6 +339,7 @@ NOT_DUPLICATES = [
     pytest.param("b.ob@x.org", "bob@x.org", id="dots-off"),
     pytest.param('"*"@x.org', "*@x.org", id="literal-star-vs-wildcard"),
     pytest.param("bob@*", "bob@x.org", id="wildcard-vs-domain"),
+    pytest.param("*@straße.de", "*@strasse.de", id="sharp-s-is-not-ss"),
 ]
 
 
@@ -357,6 +381,17 @@ MALFORMED: list[Any] = [
     pytest.param({}, "bob@[]", id="empty-literal"),
     pytest.param({}, "bob@[a]b", id="text-after-literal"),
     pytest.param({"ignore_dots": True}, "...@example.com", id="dots-only-ignored"),
+    # Not IDNA 2008 (RFC 5891 §4, RFC 5892, RFC 5893): refused at registration.
+    pytest.param({}, "*@xn--zz.example", id="a-label-does-not-decode"),
+    pytest.param({}, "*@xn--a.example", id="a-label-decodes-to-control"),
+    pytest.param({}, "*@💩.la", id="emoji-u-label"),
+    pytest.param({}, "*@xn--ls8h.la", id="emoji-a-label"),
+    pytest.param({}, "*@" + "ü" * 70 + ".de", id="u-label-too-long"),
+    pytest.param({}, "*@-bücher.example", id="u-label-leading-hyphen"),
+    pytest.param({}, "*@bü--cher.example", id="u-label-hyphens-3-4"),
+    pytest.param({}, "*@a\u200db.example", id="zwj-without-context"),
+    pytest.param({}, "*@\u0661\u0032.example", id="bidi-rule"),
+    pytest.param({}, "*@\u0301a.example", id="leading-combining-mark"),
 ]
 
 

@@ -143,6 +143,51 @@ S: 550 5.7.1 Relaying denied
     )
 
 
+RELAY_IDNA = [
+    # Issue 11: relay domains and recipients compare in one form (IDNA 2008, UTS 46).
+    pytest.param({"xn--bcher-kva.example"}, "a@bücher.example", "250 2.1.5 *", id="a-set-u-rcpt"),
+    pytest.param({"bücher.example"}, "a@xn--bcher-kva.example", "250 2.1.5 *", id="u-set-a-rcpt"),
+    pytest.param({"Bücher.Example."}, "a@BÜCHER.example", "250 2.1.5 *", id="case-and-dot"),
+    pytest.param({"XN--BCHER-KVA.example"}, "a@bücher.example", "250 2.1.5 *", id="a-upper"),
+    pytest.param(
+        {"\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25.com"},
+        "a@example.com",
+        "250 2.1.5 *",
+        id="uts46-width",
+    ),
+    pytest.param({"straße.de"}, "a@xn--strae-oqa.de", "250 2.1.5 *", id="sharp-s"),
+    pytest.param({"straße.de"}, "a@strasse.de", "550 5.7.1 *", id="sharp-s-is-not-ss"),
+    pytest.param({"strasse.de"}, "a@straße.de", "550 5.7.1 *", id="ss-is-not-sharp-s"),
+    pytest.param({"example.com"}, "a@xn--zz.example", "553 5.1.3 *", id="invalid-idna-rcpt"),
+]
+
+
+@pytest.mark.parametrize(("domains", "recipient", "reply"), RELAY_IDNA)
+def test_relay_domains_compare_idna(
+    router: Router[Any], domains: set[str], recipient: str, reply: str
+) -> None:
+    router.add("*@*", Mailbox("relay"))
+    run_transcript(
+        SEND.replace(">\nS: 250 2.1.0", "> SMTPUTF8\nS: 250 2.1.0")
+        + f"C: RCPT TO:<{recipient}>\nS: {reply}\n",
+        router,
+        policy=Policy(relay_domains=frozenset(domains)),
+    )
+
+
+def test_relay_domains_are_normalised_once() -> None:
+    policy = Policy(relay_domains={"Bücher.Example.", "example.com"})
+    assert policy.relay_domains == frozenset({"xn--bcher-kva.example", "example.com"})
+    policy.relay_domains = frozenset({"straße.de"})
+    assert policy.relay_domains == frozenset({"xn--strae-oqa.de"})
+
+
+@pytest.mark.parametrize("domains", [{"xn--zz.example"}, "example.com"], ids=["idna", "string"])
+def test_relay_domains_refuse_what_is_not_a_domain_set(domains: Any) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        Policy(relay_domains=domains)
+
+
 class Accounts(Policy):
     def authenticate(self, credentials: Credentials, info: SessionInfo) -> str | None:
         if (credentials.username, credentials.password) == ("alice", "s3cret"):
