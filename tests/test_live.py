@@ -4,6 +4,7 @@ sockets: smtplib, raw pipelining, TLS by trustme certificates."""
 from __future__ import annotations
 
 import base64
+import logging
 import smtplib
 import socket
 import time
@@ -107,6 +108,25 @@ def test_implicit_tls(kind: str, router: Router[Any], box: Collect, tls: TLS) ->
             assert not client.has_extn("starttls")
             client.sendmail("a@example.org", ["b@example.com"], MESSAGE)
     assert box.envelopes[0].tls is not None
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "implicit-tls"])
+def test_tls_end_of_stream_on_asyncio_logs_no_warning(
+    router: Router[Any], tls: TLS, caplog: pytest.LogCaptureFixture, implicit: bool
+) -> None:
+    """A TLS client that hangs up must not make asyncio warn that returning true from
+    eof_received() has no effect (it did, once per TLS connection)."""
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    with running("asyncio", router, ssl_context=tls.server, implicit_tls=implicit) as server:
+        if implicit:
+            client = smtplib.SMTP_SSL("127.0.0.1", server.port, context=tls.client)
+        else:
+            client = smtplib.SMTP("127.0.0.1", server.port)
+            client.starttls(context=tls.client)
+        assert client.ehlo()[0] == 250
+        client.close()  # end of stream while the server waits for a command
+        wait_for(lambda: server.metrics.connections_open == 0, timeout=30)
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
 
 
 AUTH = ServerConfig(auth_mechanisms=(PlainMechanism, LoginMechanism))
