@@ -11,6 +11,7 @@ replies produced on the way are batched into one ``Send`` per round (RFC 2920 §
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Generator
 from datetime import datetime
@@ -45,6 +46,7 @@ from ._events import (
 )
 from ._metrics import Metrics
 from ._router import Router
+from ._sasl import LoginMechanism, PlainMechanism
 from ._server import ServerConnection
 from ._state import ServerState
 from ._trace import ProtocolTrace
@@ -198,6 +200,23 @@ class Policy:
         return domain in self.relay_domains
 
 
+def _offering_auth(config: ServerConfig, policy: Policy) -> ServerConfig:
+    """The config a Session runs with: ``auth_mechanisms=None`` (the default) becomes PLAIN and
+    LOGIN when the policy overrides ``authenticate`` (so a policy that can check passwords is
+    asked), and no AUTH otherwise. Decided here once, for every adapter."""
+    if config.auth_mechanisms is not None:
+        return config
+    hook = getattr(policy.authenticate, "__func__", None)
+    return _with_mechanisms(config, hook is not Policy.authenticate)
+
+
+@functools.lru_cache(maxsize=16)
+def _with_mechanisms(config: ServerConfig, authenticates: bool) -> ServerConfig:
+    """One resolved config per (config, policy kind), not one per connection."""
+    mechanisms = (PlainMechanism, LoginMechanism) if authenticates else ()
+    return attrs.evolve(config, auth_mechanisms=mechanisms)
+
+
 # --- the session -----------------------------------------------------------------------------
 
 _Question: TypeAlias = "Action | Sentinel"
@@ -227,13 +246,13 @@ class Session:
         proxy_protocol: bool = False,
         metrics: Metrics | None = None,
     ) -> None:
-        self.config = config or ServerConfig()
+        self.policy = policy or Policy()
+        self.config = _offering_auth(config or ServerConfig(), self.policy)
         self.metrics = metrics if metrics is not None else Metrics()
         self.conn = ServerConnection(
             self.config, tls=tls is not None, proxy_protocol=proxy_protocol
         )
         self.router = router
-        self.policy = policy or Policy()
         self.info = SessionInfo(session_id, self.config.hostname, peer=peer, tls=tls)
         self._clock = clock
         self._trace = ProtocolTrace(self)

@@ -26,6 +26,7 @@ from smtp_core import (
 )
 from smtp_sync import play_transcript
 
+from .clients import client
 from .servers import TLS, Collect, running
 
 
@@ -151,6 +152,56 @@ def test_auth(kind: str, router: Router[Any], box: Collect, tls: TLS, mechanism:
             code, _ = client.auth(mechanism, method)
             assert code == 235
             client.sendmail("a@example.org", ["b@example.com"], MESSAGE)
+    assert box.envelopes[0].auth_identity == "alice"
+
+
+def offered(client: smtplib.SMTP) -> str | None:
+    """The AUTH mechanisms of the last EHLO reply, None if AUTH is not offered."""
+    mechanisms = client.esmtp_features.get("auth")
+    return None if mechanisms is None else mechanisms.strip()
+
+
+@pytest.mark.parametrize(
+    ("policy", "config", "before_tls", "in_tls"),
+    [
+        (Accounts(), ServerConfig(), None, "PLAIN LOGIN"),
+        (Accounts(), ServerConfig(auth_require_tls=False), "PLAIN LOGIN", "PLAIN LOGIN"),
+        (Accounts(), ServerConfig(auth_mechanisms=()), None, None),
+        (Accounts(), ServerConfig(auth_mechanisms=(LoginMechanism,)), None, "LOGIN"),
+        (Policy(), ServerConfig(), None, None),
+        (Policy(), ServerConfig(auth_require_tls=False), None, None),
+    ],
+    ids=["policy", "policy-plaintext", "config-off", "config-login", "no-hook", "no-hook-plain"],
+)
+def test_auth_offered_when_the_policy_authenticates(
+    kind: str,
+    router: Router[Any],
+    tls: TLS,
+    policy: Policy,
+    config: ServerConfig,
+    before_tls: str | None,
+    in_tls: str | None,
+) -> None:
+    """A policy that overrides ``authenticate`` turns AUTH on (PLAIN and LOGIN, inside TLS
+    unless ``auth_require_tls=False``); an explicit ``auth_mechanisms`` wins, even empty."""
+    with running(kind, router, ssl_context=tls.server, config=config, policy=policy) as server:
+        with smtplib.SMTP("127.0.0.1", server.port) as client:
+            client.ehlo()
+            assert offered(client) == before_tls
+            client.starttls(context=tls.client)
+            client.ehlo()
+            assert offered(client) == in_tls
+
+
+def test_embedded_server_with_an_authenticating_policy(
+    kind: str, router: Router[Any], box: Collect, tls: TLS
+) -> None:
+    """The embedding example: ``Server(policy=MyPolicy())`` and nothing else; the project's
+    client logs in over STARTTLS."""
+    with running(kind, router, ssl_context=tls.server, policy=Accounts()) as server:
+        with client(kind, server.port, ssl_context=tls.client, auth=("alice", "pw")) as ours:
+            assert ours.authenticated
+            ours.send_message(MESSAGE, mail_from="a@example.org", rcpt_tos=["b@example.com"])
     assert box.envelopes[0].auth_identity == "alice"
 
 
