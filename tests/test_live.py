@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import smtplib
 import socket
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import smtp_sync
 from smtp_core import (
     Credentials,
     Envelope,
@@ -308,6 +310,40 @@ def test_handler_crash_keeps_serving(kind: str, router: Router[Any], box: Collec
         assert failed.value.smtp_code == 451
         client.sendmail("a@example.org", ["b@example.com"], MESSAGE)
     assert box.contents == [MESSAGE]
+
+
+async def async_handler(envelope: Envelope) -> None:
+    pass
+
+
+class AsyncHandler:
+    async def __call__(self, envelope: Envelope) -> None:
+        pass
+
+
+class AsyncAccounts(Policy):
+    async def authenticate(self, credentials: Credentials, info: SessionInfo) -> str | None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("handler", "policy", "named"),
+    [
+        (async_handler, Policy(), "the handler for '*@example.com' is async"),
+        (AsyncHandler(), Policy(), "the handler for '*@example.com' is async"),
+        (Collect(), AsyncAccounts(), "AsyncAccounts.authenticate is async"),
+    ],
+    ids=["async-def", "async-call", "async-hook"],
+)
+def test_sync_server_refuses_async_handlers_when_built(
+    handler: Any, policy: Policy, named: str
+) -> None:
+    """Not a 451 at the first message: the server is never built."""
+    router: Router[Any] = Router()
+    router.add("*@example.com", handler)
+    with pytest.raises(TypeError, match=re.escape(named)) as refused:
+        smtp_sync.Server(router, port=0, policy=policy)
+    assert "smtp_anyio.Server" in str(refused.value) and "plain" in str(refused.value)
 
 
 def test_client_vanishing_mid_data(kind: str, router: Router[Any], box: Collect) -> None:
