@@ -195,6 +195,26 @@ def test_reply_table(
     assert driver.replies()[done:] == [(code, enhanced)]
 
 
+@pytest.mark.parametrize(
+    ("config", "command", "reply"),
+    [
+        (LMTP, EHLO, b"500 5.5.1 This is an LMTP server: use LHLO\r\n"),
+        (LMTP, "helo client.example", b"500 5.5.1 This is an LMTP server: use LHLO\r\n"),
+        (None, "LHLO c", b"500 5.5.1 This is an SMTP server, not LMTP: use EHLO or HELO\r\n"),
+    ],
+    ids=["ehlo-to-lmtp", "helo-to-lmtp", "lhlo-to-smtp"],
+)
+def test_greeting_of_the_other_protocol_names_the_right_one(
+    config: ServerConfig | None, command: str, reply: bytes
+) -> None:
+    """A client speaking SMTP to an LMTP server (or the reverse) learns which greeting to use."""
+    driver = Driver(config)
+    driver.pump()
+    driver.output.clear()
+    driver.feed(command.encode() + b"\r\n")
+    assert bytes(driver.output) == reply
+
+
 def test_ehlo_lists_capabilities_from_config() -> None:
     driver = Driver(ServerConfig(hostname="mx.example", starttls=True, max_message_size=1000))
     driver.pump()
