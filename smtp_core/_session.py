@@ -11,7 +11,6 @@ replies produced on the way are batched into one ``Send`` per round (RFC 2920 §
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Awaitable, Callable, Generator
 from datetime import datetime
@@ -206,15 +205,22 @@ def _offering_auth(config: ServerConfig, policy: Policy) -> ServerConfig:
     asked), and no AUTH otherwise. Decided here once, for every adapter."""
     if config.auth_mechanisms is not None:
         return config
-    hook = getattr(policy.authenticate, "__func__", None)
-    return _with_mechanisms(config, hook is not Policy.authenticate)
-
-
-@functools.lru_cache(maxsize=16)
-def _with_mechanisms(config: ServerConfig, authenticates: bool) -> ServerConfig:
-    """One resolved config per (config, policy kind), not one per connection."""
+    authenticates = getattr(policy.authenticate, "__func__", None) is not Policy.authenticate
+    key = (id(config), authenticates)
+    cached = _resolved_configs.get(key)
+    if cached is not None and cached[0] is config:
+        return cached[1]
     mechanisms = (PlainMechanism, LoginMechanism) if authenticates else ()
-    return attrs.evolve(config, auth_mechanisms=mechanisms)
+    resolved = attrs.evolve(config, auth_mechanisms=mechanisms)
+    if len(_resolved_configs) >= 64:
+        _resolved_configs.clear()
+    _resolved_configs[key] = (config, resolved)  # holding ``config`` keeps its id unique
+    return resolved
+
+
+#: One resolved config per (server config, policy kind), not one per connection; by identity,
+#: since comparing two configs field by field costs more than the lookup saves.
+_resolved_configs: dict[tuple[int, bool], tuple[ServerConfig, ServerConfig]] = {}
 
 
 # --- the session -----------------------------------------------------------------------------
