@@ -329,6 +329,7 @@ class TransportConnection(asyncio.BufferedProtocol):
         self._buffered = 0
         self._reading_paused = False
         self._eof = False
+        self._tls = False  # asyncio's TLS layer sits under us since STARTTLS
         self._lost = False
         self._session: Session | None = None  # set while the task waits in next_actions
         self._spool: SpoolFile | None = None
@@ -337,7 +338,6 @@ class TransportConnection(asyncio.BufferedProtocol):
         self._writing_paused = False
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._tls = False  # asyncio's TLS layer sits under us since STARTTLS
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 

@@ -252,13 +252,14 @@ class Session:
         proxy_protocol: bool = False,
         metrics: Metrics | None = None,
     ) -> None:
-        self.policy = policy or Policy()
-        self.config = _offering_auth(config or ServerConfig(), self.policy)
+        config = _offering_auth(config or ServerConfig(), policy or Policy())  # AUTH by policy
+        self.config = config or ServerConfig()
         self.metrics = metrics if metrics is not None else Metrics()
         self.conn = ServerConnection(
             self.config, tls=tls is not None, proxy_protocol=proxy_protocol
         )
         self.router = router
+        self.policy = policy or Policy()
         self.info = SessionInfo(session_id, self.config.hostname, peer=peer, tls=tls)
         self._clock = clock
         self._trace = ProtocolTrace(self)
