@@ -308,6 +308,7 @@ class TransportConnection(asyncio.BufferedProtocol):
         "_spool",
         "_stopping",
         "_timer",
+        "_tls",
         "_waiter",
         "_writing_paused",
         "transport",
@@ -328,6 +329,7 @@ class TransportConnection(asyncio.BufferedProtocol):
         self._buffered = 0
         self._reading_paused = False
         self._eof = False
+        self._tls = False  # asyncio's TLS layer sits under us since STARTTLS
         self._lost = False
         self._session: Session | None = None  # set while the task waits in next_actions
         self._spool: SpoolFile | None = None
@@ -363,7 +365,9 @@ class TransportConnection(asyncio.BufferedProtocol):
         self._eof = True
         if self._session is not None:
             self._feed(b"")
-        return True  # keep our side open: replies still due go out before we close
+        # Keep our side open: replies still due go out before we close. Over TLS there is no
+        # half-close (asyncio closes anyway, and warns if we ask otherwise).
+        return not self._tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -487,6 +491,7 @@ class TransportConnection(asyncio.BufferedProtocol):
         if self._reading_paused:
             self._reading_paused = False
             self.transport.resume_reading()
+        self._tls = True  # set first: the handshake may finish, and EOF arrive, before we resume
         transport = await self._loop.start_tls(
             self.transport, self, context, server_side=True, ssl_handshake_timeout=timeout
         )

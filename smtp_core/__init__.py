@@ -207,3 +207,9 @@ __all__ = (
     "xtext_decode",
     "xtext_encode",
 )
+
+for _name in __all__:  # tracebacks and reprs say smtp_core.X, not the private module it lives in
+    _value = globals()[_name]
+    if isinstance(_value, type) and _value.__module__.startswith(__name__ + "._"):
+        _value.__module__ = __name__
+del _name, _value

@@ -517,6 +517,14 @@ class ClientSession:
         else:
             mechanism = LoginClient(*auth)
         if mechanism.name.upper() not in offered:
+            ext = self.conn.extensions
+            if not offered and not self.tls_active and ext is not None and ext.starttls:
+                # The usual cause: servers offer AUTH only inside TLS (RFC 8314), and
+                # tls="none" never asked for it.
+                raise SMTPNotSupported(
+                    f"{self.server} offers AUTH only after STARTTLS, and tls='none' (--tls none)"
+                    " does not start TLS: use tls='starttls' or the default 'opportunistic'"
+                )
             what = " ".join(offered) or "no AUTH"
             raise SMTPNotSupported(
                 f"{self.server} does not offer AUTH {mechanism.name} (it offers {what})"

@@ -44,7 +44,9 @@ class ServerConfig:
     dsn: bool = True
     starttls: bool = False  #: offer STARTTLS (the adapter sets it when it holds a TLS context)
     requiretls: bool = True  #: RFC 8689, offered only inside TLS
-    auth_mechanisms: tuple[type[ServerMechanism], ...] = ()  #: empty: AUTH is not offered
+    #: None: PLAIN and LOGIN when the Session's policy overrides ``authenticate`` (the engine
+    #: alone, without a policy, offers none); a tuple is kept as it is, and empty turns AUTH off
+    auth_mechanisms: tuple[type[ServerMechanism], ...] | None = None
     auth_require_tls: bool = True  #: AUTH only inside TLS (RFC 4954 §4, RFC 8314)
     extra_mail_params: frozenset[str] = frozenset()  #: MAIL params accepted into MailParams.extra
     extra_rcpt_params: frozenset[str] = frozenset()

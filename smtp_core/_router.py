@@ -146,6 +146,11 @@ class Router(Generic[H]):
         """The registered patterns as written, in registration order."""
         return tuple(self._patterns.values())
 
+    def items(self) -> tuple[tuple[str, H], ...]:
+        """The registered ``(pattern, handler)`` pairs, in registration order (an adapter
+        checks the handlers it can call before it serves)."""
+        return tuple((self._patterns[key], handler) for key, handler in self._handlers.items())
+
     def __len__(self) -> int:
         return len(self._handlers)
 

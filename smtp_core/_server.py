@@ -71,6 +71,8 @@ def _r(code: int, text: str, enhanced: str | None) -> Reply:
 
 
 R_UNRECOGNIZED = _r(500, "Command unrecognized", "5.5.1")
+R_USE_LHLO = _r(500, "This is an LMTP server: use LHLO", "5.5.1")
+R_USE_EHLO = _r(500, "This is an SMTP server, not LMTP: use EHLO or HELO", "5.5.1")
 R_LINE_TOO_LONG = _r(500, "Line too long", "5.5.2")
 R_AUTH_LINE_TOO_LONG = _r(500, "Authentication exchange line is too long", "5.5.6")
 R_SYNTAX = _r(500, "Syntax error: control characters or invalid UTF-8", "5.5.2")
@@ -326,8 +328,10 @@ class ServerConnection:
         verb, _, arg = text.partition(" ")
         verb = verb.upper()
         handler = _COMMANDS.get(verb)
-        if handler is None or (verb in _HELLOS and (verb == "LHLO") != self.config.lmtp):
+        if handler is None:
             return self._refuse(line, R_UNRECOGNIZED)
+        if verb in _HELLOS and (verb == "LHLO") != self.config.lmtp:  # the wrong protocol
+            return self._refuse(line, R_USE_LHLO if self.config.lmtp else R_USE_EHLO)
         if verb != "AUTH" and len(line) + 2 > self._command_limit:
             return self._refuse(line[:64], R_LINE_TOO_LONG)
         if verb == "BDAT":  # its chunk follows, so it is read even when it will be refused

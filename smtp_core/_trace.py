@@ -1,11 +1,12 @@
 """The protocol trace every Session logs at DEBUG (``smtpmux serve --debug``), secrets redacted.
 
 Every command line and reply line goes to the ``smtpmux.trace`` logger as ``C:`` or ``S:``.
-Message content is summarised by size, not copied. SASL secrets never reach the log: an AUTH
-line keeps only its mechanism name, and every client line after it is replaced by
-``<redacted>`` until the server answers with something other than a 334 challenge. That rule
-needs no knowledge of the mechanism and also covers clients that (wrongly) send their responses
-before the challenge arrives.
+Message content is summarised by size, not copied: DATA content by the engine's state, and
+each BDAT chunk (RFC 3030), which follows its command in the same read, by the size its
+command declares. SASL secrets never reach the log: an AUTH line keeps only its mechanism
+name, and every client line after it is replaced by ``<redacted>`` until the server answers
+with something other than a 334 challenge. That rule needs no knowledge of the mechanism and
+also covers clients that (wrongly) send their responses before the challenge arrives.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from ._server import _BDAT
 from ._state import ServerState
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ class ProtocolTrace:
     def __init__(self, session: Session) -> None:
         self._session = session
         self._partial = b""
+        self._chunk_left = 0  # octets of the current BDAT chunk not yet seen
         self._in_auth = False
 
     @property
@@ -49,13 +52,36 @@ class ProtocolTrace:
             self._partial = b""
             self._line("C:", f"<{len(data)} octets of message content>")
             return
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        if len(self._partial) > _MAX_PARTIAL:
-            lines.append(self._partial)
-            self._partial = b""
-        for raw in lines:
-            self._line("C:", self._redacted(raw.rstrip(b"\r")))
+        data = self._partial + data
+        self._partial = b""
+        start = 0
+        while start < len(data):
+            if self._chunk_left:  # a BDAT chunk: octets, not lines
+                taken = min(self._chunk_left, len(data) - start)
+                self._chunk_left -= taken
+                start += taken
+                self._line("C:", f"<{taken} octets of message content>")
+                continue
+            end = data.find(b"\n", start)
+            if end < 0:
+                self._partial = data[start:]
+                if len(self._partial) > _MAX_PARTIAL:
+                    self._line("C:", self._redacted(self._partial))
+                    self._partial = b""
+                return
+            raw = data[start:end].rstrip(b"\r")
+            start = end + 1
+            self._line("C:", self._redacted(raw))
+            self._chunk_left = self._chunk_size(raw)
+
+    def _chunk_size(self, line: bytes) -> int:
+        """The octets of content that follow a BDAT command line, read as the engine does;
+        0 for any other line."""
+        verb, _, argument = line.partition(b" ")
+        if self._in_auth or verb.upper() != b"BDAT" or not argument.isascii():
+            return 0
+        match = _BDAT.fullmatch(argument.decode("ascii").strip(" "))
+        return int(match[1]) if match else 0
 
     def sent(self, data: bytes) -> None:
         if not self.enabled:

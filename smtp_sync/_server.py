@@ -6,6 +6,7 @@ Like smtp_anyio, it only carries out the Session's Actions; no SMTP logic lives 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import queue
 import socket
@@ -82,6 +83,7 @@ class Server:
     _idle_workers: int = attrs.field(init=False, default=0)  #: waiting in _next_job, no job yet
 
     def __attrs_post_init__(self) -> None:
+        _refuse_async(self.router, self.policy)
         if self.ssl_context is not None and not self.implicit_tls and not self.config.starttls:
             self.config = attrs.evolve(self.config, starttls=True)
 
@@ -294,6 +296,29 @@ class Server:
             actions.extend(session.receive_data(data))
 
 
+def _is_async(function: object) -> bool:
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        getattr(function, "__call__", None)  # noqa: B004 - handler objects
+    )
+
+
+def _refuse_async(router: Router[Handler], policy: Policy) -> None:
+    """This server calls handlers and hooks in its threads and cannot await them: say so now,
+    not with a 451 when the first message arrives."""
+    for pattern, handler in router.items():
+        if _is_async(handler):
+            raise TypeError(
+                f"the handler for {pattern!r} is async ({handler!r}): smtp_sync calls handlers "
+                "synchronously; serve it with smtp_anyio.Server, or make it a plain function"
+            )
+    for hook in ("on_connect", "authenticate", "addressable"):
+        if _is_async(getattr(policy, hook)):
+            raise TypeError(
+                f"{type(policy).__name__}.{hook} is async: smtp_sync calls policy hooks "
+                "synchronously; serve it with smtp_anyio.Server, or make it a plain method"
+            )
+
+
 def _apply_timeout(sock: socket.socket, seconds: float) -> None:
     """Make reads (and writes) give up after ``seconds``.
 
@@ -325,7 +350,8 @@ def _call(action: Call, spool: SpoolFile) -> object:
         if close is not None:
             close()
         return TypeError(
-            "smtp_sync calls handlers and hooks synchronously; use smtp_anyio for async"
+            "smtp_sync calls handlers and hooks synchronously; use smtp_anyio for async, "
+            "or a plain function"
         )
     return result
 

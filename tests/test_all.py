@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import traceback
 import types
 
 import pytest
@@ -87,3 +88,48 @@ def test_the_guard_notices_an_unlisted_name() -> None:
     fake.leaked = 2  # type: ignore[attr-defined]
     fake.submodule = types.ModuleType("fake.submodule")  # type: ignore[attr-defined]
     assert public_names(fake) - set(fake.__all__) == {"leaked"}
+
+
+#: Exceptions that never leave their package: the CLI's usage errors end as one stderr line.
+INTERNAL_EXCEPTIONS = {"smtp_anyio._cli.UsageError"}
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_public_classes_carry_their_public_module(package: str) -> None:
+    """``smtp_core.SMTPConnectionError`` in a traceback, not ``smtp_core._client_session...``:
+    the name a user can import is the name they read."""
+    module = importlib.import_module(package)
+    classes = [getattr(module, name) for name in module.__all__]
+    wrong = {
+        f"{cls.__module__}.{cls.__qualname__}"
+        for cls in classes
+        if inspect.isclass(cls) and cls.__module__ != package
+    }
+    assert wrong == set()
+
+
+def test_every_exception_is_public() -> None:
+    """Every exception class the packages define is importable from a public module, and says
+    so; so a new one cannot show its private module in a traceback."""
+    exported = {
+        id(value)
+        for name in [*PACKAGES, *PUBLIC_MODULES]
+        for value in vars(importlib.import_module(name)).values()
+    }
+    hidden = {
+        f"{value.__module__}.{value.__qualname__}"
+        for name in MODULES
+        for value in vars(importlib.import_module(name)).values()
+        if inspect.isclass(value)
+        and issubclass(value, BaseException)
+        and value.__module__.startswith(PACKAGES)
+        and (id(value) not in exported or "._" in value.__module__)
+    }
+    assert hidden == INTERNAL_EXCEPTIONS
+
+
+def test_traceback_names_the_public_module() -> None:
+    from smtp_core import SMTPConnectionError
+
+    line = traceback.format_exception_only(SMTPConnectionError("gone"))
+    assert line == ["smtp_core.SMTPConnectionError: gone\n"]

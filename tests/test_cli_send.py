@@ -233,6 +233,23 @@ def test_tls_and_auth(router: Router[Any], box: Collect, message: Path, tls: TLS
         assert failed.stderr.count("\n") == 1 and text in failed.stderr, failed.stderr
 
 
+def test_auth_with_tls_none_names_starttls(router: Router[Any], message: Path, tls: TLS) -> None:
+    with running("asyncio", router, ssl_context=tls.server, policy=Accounts()) as server:
+        done = send(
+            "--server",
+            f"127.0.0.1:{server.port}",
+            "--tls",
+            "none",
+            "--auth",
+            "alice:pw",
+            str(message),
+            cwd=message.parent,
+        )
+    assert done.returncode == 3 and done.stdout == ""
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "offers AUTH only after STARTTLS" in done.stderr and "--tls none" in done.stderr
+
+
 def test_lmtp(box: Collect, message: Path) -> None:
     def full(envelope: Envelope) -> None:
         raise Reject(Reply(452, "Mailbox full", "4.2.2"))

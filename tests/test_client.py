@@ -1339,6 +1339,25 @@ ACTIONS: dict[str, Action] = {
     "AUTH_CANCEL": lambda c: c.auth_cancel(),
     "QUIT": lambda c: c.quit(),
 }
+#: What each action writes: the exact command, so a method that writes another verb fails.
+WRITES: dict[str, bytes] = {
+    "EHLO": b"EHLO client.example\r\n",
+    "HELO": b"HELO client.example\r\n",
+    "MAIL": b"MAIL FROM:<a@example.com>\r\n",
+    "RCPT": b"RCPT TO:<b@example.com>\r\n",
+    "DATA": b"DATA\r\n",
+    "END_OF_DATA": b"x\r\n.\r\n",
+    "BDAT": b"BDAT 1\r\nx",
+    "BDAT_LAST": b"BDAT 1 LAST\r\nx",
+    "RSET": b"RSET\r\n",
+    "NOOP": b"NOOP\r\n",
+    "VRFY": b"VRFY bob\r\n",
+    "STARTTLS": b"STARTTLS\r\n",
+    "AUTH": b"AUTH PLAIN AHUAcA==\r\n",  # base64 of NUL u NUL p (RFC 4616)
+    "AUTH_RESPOND": b"dQ==\r\n",  # the LOGIN user name "u", after "334 Username:"
+    "AUTH_CANCEL": b"*\r\n",  # RFC 4954 §4
+    "QUIT": b"QUIT\r\n",
+}
 ANYTIME = {"RSET", "NOOP", "VRFY", "QUIT"}
 HELLOS = {"EHLO", "HELO"}
 EXPECTED_ALLOWED: dict[ClientState, set[str]] = {
@@ -1363,7 +1382,7 @@ def test_every_state_and_command(state: ClientState, verb: str) -> None:
     assert conn.state is state
     if verb in EXPECTED_ALLOWED[state]:
         out = ACTIONS[verb](conn)
-        assert isinstance(out, bytes) and out
+        assert out == WRITES[verb]
         assert conn.outstanding
     else:
         with pytest.raises(LocalProtocolError):

@@ -293,6 +293,18 @@ def test_no_credentials_in_clear_text(kind: str, router: Router[Any], box: Colle
     assert box.envelopes[0].session.auth_identity == "alice"
 
 
+def test_auth_only_in_tls_with_tls_none_says_so(kind: str, router: Router[Any], tls: TLS) -> None:
+    """tls="none" against a server that offers AUTH only inside TLS: the error names
+    STARTTLS and the fix, not the mechanism."""
+    with running(kind, router, ssl_context=tls.server, config=AUTH, policy=Accounts()) as server:
+        with pytest.raises(SMTPNotSupported) as refused:
+            with client(kind, server.port, tls="none", auth=("alice", "pw")):
+                pass
+    text = str(refused.value)
+    assert "offers AUTH only after STARTTLS" in text and "tls='starttls'" in text, text
+    assert "AUTH LOGIN" not in text
+
+
 # --- refusals ----------------------------------------------------------------------------
 
 

@@ -413,6 +413,7 @@ def test_bad_separator(separator: str) -> None:
 def test_patterns_len_contains() -> None:
     router = make("b@x.org", "*@*", "a@X.ORG.")
     assert router.patterns() == ("b@x.org", "*@*", "a@X.ORG.")  # as written, in order
+    assert router.items() == tuple((p, p) for p in router.patterns())  # (pattern, handler)
     assert len(router) == 3
     assert "a@x.org" in router  # equal after canonicalisation
     assert "A@x.org" not in router

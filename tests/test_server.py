@@ -7,6 +7,7 @@ import base64
 import pytest
 
 from smtp_core import (
+    NEED_DATA,
     AuthChallenge,
     AuthCredentials,
     BdatChunk,
@@ -195,6 +196,26 @@ def test_reply_table(
     assert driver.replies()[done:] == [(code, enhanced)]
 
 
+@pytest.mark.parametrize(
+    ("config", "command", "reply"),
+    [
+        (LMTP, EHLO, b"500 5.5.1 This is an LMTP server: use LHLO\r\n"),
+        (LMTP, "helo client.example", b"500 5.5.1 This is an LMTP server: use LHLO\r\n"),
+        (None, "LHLO c", b"500 5.5.1 This is an SMTP server, not LMTP: use EHLO or HELO\r\n"),
+    ],
+    ids=["ehlo-to-lmtp", "helo-to-lmtp", "lhlo-to-smtp"],
+)
+def test_greeting_of_the_other_protocol_names_the_right_one(
+    config: ServerConfig | None, command: str, reply: bytes
+) -> None:
+    """A client speaking SMTP to an LMTP server (or the reverse) learns which greeting to use."""
+    driver = Driver(config)
+    driver.pump()
+    driver.output.clear()
+    driver.feed(command.encode() + b"\r\n")
+    assert bytes(driver.output) == reply
+
+
 def test_ehlo_lists_capabilities_from_config() -> None:
     driver = Driver(ServerConfig(hostname="mx.example", starttls=True, max_message_size=1000))
     driver.pump()
@@ -355,9 +376,17 @@ def test_starttls_discards_pipelined_plaintext() -> None:
     conn.send(Reply(220, "go ahead", "2.0.0"))
     assert conn.plaintext_discarded == len(b"MAIL FROM:<evil@x.org>\r\nRCPT TO:<v@y.org>\r\n")
     assert conn.tls_active and conn.hello is None and conn.state is ServerState.INITIAL
+    assert conn.next_event() is NEED_DATA  # the injected commands are gone, not merely counted
     conn.receive_data(b"MAIL FROM:<a@b.org>\r\n")  # EHLO must come again
     event = conn.next_event()
     assert isinstance(event, InvalidCommand) and event.default_reply.code == 503
+    assert event.line == b"MAIL FROM:<a@b.org>"
+    conn.send(event.default_reply)
+    conn.receive_data(b"EHLO c2\r\n")
+    hello = conn.next_event()
+    assert isinstance(hello, Hello) and hello.name == "c2"
+    conn.send(hello.default_reply)
+    assert conn.next_event() is NEED_DATA  # and nothing of the plaintext came back
 
 
 def test_starttls_forgets_ehlo_and_offers_auth_after() -> None:
@@ -533,10 +562,11 @@ def test_lmtp_one_reply_per_recipient() -> None:
 def test_over_long_line_is_skipped_with_bounded_memory() -> None:
     conn = ServerConnection()
     conn.send(Reply(220, "hi"))
+    limit = conn._line_limit  # a command line and the room its extension parameters need
     for _ in range(1000):  # 100 MB without a line end
         conn.receive_data(b"x" * 100_000)
-        assert conn.next_event() is not None
-        assert len(conn._buffer) <= 100_000 + 13000
+        assert conn.next_event() is NEED_DATA
+        assert len(conn._buffer) <= limit  # dropped as it comes, not kept to the line's end
     conn.receive_data(b"\r\nNOOP\r\n")
     event = conn.next_event()
     assert isinstance(event, InvalidCommand) and event.default_reply.code == 500

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
+import smtplib
 from collections import deque
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +24,9 @@ from smtp_core import (
     ServerConfig,
     Session,
 )
+
+from .clients import client
+from .servers import Collect, running
 
 SECRET = "hunter2-secret"
 CONFIG = ServerConfig(auth_mechanisms=(PlainMechanism, LoginMechanism), auth_require_tls=False)
@@ -58,31 +63,28 @@ def shown(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "smtpmux.trace"]
 
 
-def test_plain_initial_response_is_redacted(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("verb", ["AUTH PLAIN", "auth plain", "Auth Plain", "aUtH pLaIn"])
+def test_plain_initial_response_is_redacted(caplog: pytest.LogCaptureFixture, verb: str) -> None:
     caplog.set_level(logging.DEBUG, logger="smtpmux.trace")
-    converse(
-        [
-            b"EHLO c\r\n",
-            f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + SECRET)}\r\n".encode(),
-            b"MAIL FROM:<a@example.org>\r\n",
-        ]
-    )
+    response = b64(chr(0) + "alice" + chr(0) + SECRET)  # what crosses the wire
+    converse([b"EHLO c\r\n", f"{verb} {response}\r\n".encode(), b"MAIL FROM:<a@example.org>\r\n"])
     text = "\n".join(shown(caplog))
-    assert "t1 C: AUTH PLAIN <redacted>" in text
+    assert f"t1 C: {verb} <redacted>" in text
     assert "t1 S: 235 2.7.0 Authentication successful" in text
     assert "t1 C: MAIL FROM:<a@example.org>" in text  # after the 235, lines show again
-    assert SECRET not in text and b64(SECRET)[:12] not in text
+    assert response not in text and response[:12] not in text
 
 
+@pytest.mark.parametrize("verb", ["AUTH LOGIN", "auth login", "Auth Login"])
 def test_login_responses_are_redacted_even_when_sent_too_early(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, verb: str
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="smtpmux.trace")
-    converse([b"EHLO c\r\n", f"AUTH LOGIN\r\n{b64('alice')}\r\n{b64(SECRET)}\r\n".encode()])
+    converse([b"EHLO c\r\n", f"{verb}\r\n{b64('alice')}\r\n{b64(SECRET)}\r\n".encode()])
     text = shown(caplog)
-    assert "t1 C: AUTH LOGIN" in text
+    assert f"t1 C: {verb}" in text
     assert text.count("t1 C: <redacted>") == 2
-    assert b64(SECRET) not in "\n".join(text)
+    assert b64(SECRET) not in "\n".join(text) and b64("alice") not in "\n".join(text)
 
 
 def test_content_is_summarised_and_lines_split_across_reads(
@@ -107,3 +109,67 @@ def test_nothing_is_formatted_when_debug_is_off(caplog: pytest.LogCaptureFixture
     caplog.set_level(logging.INFO, logger="smtpmux.trace")
     converse([b"EHLO c\r\nQUIT\r\n"])
     assert shown(caplog) == []
+
+
+def content_sizes(lines: list[str]) -> list[int]:
+    return [int(m[1]) for line in lines if (m := re.search(r"<(\d+) octets of message", line))]
+
+
+BODY = b"Subject: private\r\n\r\nMAIL FROM:<inside@example.org>\r\nsecret body\r\n.\r\n"
+N = len(BODY)
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"BDAT %d LAST\r\n%bQUIT\r\n" % (N, BODY)],
+        [b"BDAT %d LAST\r\n%b" % (N, BODY[:30]), BODY[30:] + b"QUIT\r\n"],
+        [b"BDAT 30\r\n%bbdat   %d   last  \r\n%bQUIT\r\n" % (BODY[:30], N - 30, BODY[30:])],
+        [b"BDAT %d LA" % N, b"ST\r\n" + BODY + b"QU", b"IT\r\n"],
+        [bytes([byte]) for byte in b"BDAT %d LAST\r\n%bQUIT\r\n" % (N, BODY)],
+    ],
+    ids=["one-read", "split-chunk", "two-chunks", "split-command", "byte-at-a-time"],
+)
+def test_bdat_content_is_summarised(caplog: pytest.LogCaptureFixture, chunks: list[bytes]) -> None:
+    """A BDAT chunk arrives with its command, not after a reply: counted from its declared
+    size, never shown as lines (its lines may even look like commands)."""
+    caplog.set_level(logging.DEBUG, logger="smtpmux.trace")
+    converse([b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n", *chunks])
+    text = shown(caplog)
+    assert not any("private" in line or "inside@" in line or "secret" in line for line in text)
+    assert sum(content_sizes(text)) == N
+    assert "t1 S: 250 2.0.0 OK: message accepted" in text
+    assert "t1 C: QUIT" in text and text[-1] == "t1 S: 221 2.0.0 Bye"  # lines again after
+
+
+MARK = "hush-hush-body-text"
+
+
+@pytest.mark.parametrize("size", [1, 5000], ids=["small", "200KiB"])
+@pytest.mark.parametrize("path", ["DATA", "BDAT"])
+def test_debug_trace_never_shows_content_live(
+    kind: str, caplog: pytest.LogCaptureFixture, path: str, size: int
+) -> None:
+    """``--debug`` on every backend: content by size only, whether it came by DATA (smtplib)
+    or BDAT (the project's client, which uses CHUNKING when offered)."""
+    caplog.set_level(logging.DEBUG, logger="smtpmux.trace")
+    box = Collect()
+    router: Router[Any] = Router()
+    router.add("*@example.com", box)
+    body = b"Subject: x\r\n\r\n" + f"{MARK} line\r\n".encode() * size
+    with running(kind, router) as server:
+        if path == "DATA":
+            with smtplib.SMTP("127.0.0.1", server.port) as smtp:
+                smtp.sendmail("a@example.org", ["b@example.com"], body)
+        else:
+            with client(kind, server.port, tls="none") as ours:
+                ours.send_message(body, mail_from="a@example.org", rcpt_tos=["b@example.com"])
+    assert box.contents == [body]
+    text = shown(caplog)
+    assert any(f" C: {path}" in line.upper() for line in text)
+    assert not any(MARK in record.getMessage() for record in caplog.records)
+    sizes = content_sizes(text)
+    if path == "BDAT":
+        assert sum(sizes) == len(body)
+    else:  # DATA is counted as it came: the body, then "." CRLF
+        assert sum(sizes) == len(body) + 3
