@@ -39,6 +39,7 @@ from smtp_core import (
 
 from .clients import client, free_port
 from .servers import TLS
+from .tools import needs, require
 
 SENDER = "alice@example.org"
 MESSAGE = b"From: alice@example.org\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\n.dot\r\nbye\r\n"
@@ -213,19 +214,7 @@ def test_aiosmtpd_ten_mib(kind: str) -> None:
 # --- Postfix smtp-sink -------------------------------------------------------------------
 
 
-def smtp_sink_binary() -> str | None:
-    for candidate in (
-        shutil.which("smtp-sink"),
-        "/usr/sbin/smtp-sink",
-        "/usr/lib/postfix/sbin/smtp-sink",
-    ):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-SMTP_SINK = smtp_sink_binary()
-needs_sink = pytest.mark.skipif(SMTP_SINK is None, reason="Postfix's smtp-sink is not installed")
+needs_sink = needs("smtp-sink")
 
 
 class Sink:
@@ -248,13 +237,13 @@ def smtp_sink(*options: str) -> Iterator[Sink]:
     """smtp-sink on 127.0.0.1:<free port>, dumping each transaction into a scratch directory,
     stopped (and only it) when the block ends. As root it must drop to an unprivileged user,
     who must be able to write the dumps."""
-    assert SMTP_SINK is not None
+    binary = require("smtp-sink")
     directory = Path(tempfile.mkdtemp(prefix="smtp-sink-"))
     directory.chmod(0o777)
     user = ["-u", "nobody"] if os.geteuid() == 0 and _has_user("nobody") else []
     port = free_port()
     process = subprocess.Popen(
-        [SMTP_SINK, *user, *options, "-d", f"{directory}/m.", f"127.0.0.1:{port}", "16"],
+        [binary, *user, *options, "-d", f"{directory}/m.", f"127.0.0.1:{port}", "16"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
