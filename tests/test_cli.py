@@ -484,29 +484,44 @@ def busy_port() -> Iterator[int]:
         yield taken.getsockname()[1]
 
 
-BAD_OPTIONS: list[tuple[str, list[str]]] = [
-    ("port-out-of-range", ["--listen", "127.0.0.1:99999"]),
-    ("listen-without-port", ["--listen", "localhost"]),
-    ("missing-cert", ["--tls-cert", "{missing}"]),
-    ("unreadable-key", ["--tls-cert", "{cert}", "--tls-key", "{bad_key}"]),
-    ("key-is-a-directory", ["--tls-cert", "{cert}", "--tls-key", "{directory}"]),
-    ("tls-listen-without-cert", ["--tls-listen", "127.0.0.1:0"]),
-    ("unknown-backend", ["--backend", "tornado"]),
-    ("two-stores", ["--maildir", "a", "--eml-dir", "b"]),
-    ("store-and-discard", ["--eml-dir", "b", "--discard"]),
-    ("missing-auth-file", ["--auth-file", "{missing}"]),
-    ("auth-require-tls-without-cert", ["--auth-file", "{users}", "--auth-require-tls"]),
-    ("bad-size", ["--max-message-size", "lots"]),
-    ("zero-recipients", ["--max-recipients", "0"]),
-    ("bad-timeout", ["--timeout", "0"]),
-    ("unknown-option", ["--frobnicate"]),
-    ("maildir-is-a-file", ["--maildir", "{users}"]),
+#: (case, options, what the one line must name: the bad option, and its value where it has one)
+BAD_OPTIONS: list[tuple[str, list[str], list[str]]] = [
+    ("port-out-of-range", ["--listen", "127.0.0.1:99999"], ["--listen", "127.0.0.1:99999"]),
+    ("listen-without-port", ["--listen", "localhost"], ["--listen", "localhost"]),
+    ("missing-cert", ["--tls-cert", "{missing}"], ["--tls-cert", "{missing}"]),
+    (
+        "unreadable-key",
+        ["--tls-cert", "{cert}", "--tls-key", "{bad_key}"],
+        ["--tls-key", "{bad_key}"],
+    ),
+    (
+        "key-is-a-directory",
+        ["--tls-cert", "{cert}", "--tls-key", "{directory}"],
+        ["--tls-key", "{directory}"],
+    ),
+    ("tls-listen-without-cert", ["--tls-listen", "127.0.0.1:0"], ["--tls-listen", "--tls-cert"]),
+    ("unknown-backend", ["--backend", "tornado"], ["--backend", "tornado"]),
+    ("two-stores", ["--maildir", "a", "--eml-dir", "b"], ["--maildir", "--eml-dir"]),
+    ("store-and-discard", ["--eml-dir", "b", "--discard"], ["--eml-dir", "--discard"]),
+    ("missing-auth-file", ["--auth-file", "{missing}"], ["--auth-file", "{missing}"]),
+    (
+        "auth-require-tls-without-cert",
+        ["--auth-file", "{users}", "--auth-require-tls"],
+        ["--auth-require-tls", "--tls-cert"],
+    ),
+    ("bad-size", ["--max-message-size", "lots"], ["--max-message-size", "lots"]),
+    ("zero-recipients", ["--max-recipients", "0"], ["--max-recipients", "'0'"]),
+    ("bad-timeout", ["--timeout", "0"], ["--timeout", "'0'"]),
+    ("unknown-option", ["--frobnicate"], ["--frobnicate"]),
+    ("maildir-is-a-file", ["--maildir", "{users}"], ["--maildir", "{users}"]),
 ]
 
 
-@pytest.mark.parametrize(("case", "options"), BAD_OPTIONS, ids=[c for c, _ in BAD_OPTIONS])
+@pytest.mark.parametrize(
+    ("case", "options", "named"), BAD_OPTIONS, ids=[c for c, _, _ in BAD_OPTIONS]
+)
 def test_bad_options_one_line_exit_2(
-    tmp_path: Path, certificate: dict[str, Path], case: str, options: list[str]
+    tmp_path: Path, certificate: dict[str, Path], case: str, options: list[str], named: list[str]
 ) -> None:
     (tmp_path / "users").write_text("alice:secret\n")
     names = {
@@ -522,6 +537,8 @@ def test_bad_options_one_line_exit_2(
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("smtpmux"), done.stderr
     assert "Traceback" not in done.stderr
+    for name in named:
+        assert name.format(**names) in done.stderr, (name, done.stderr)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
