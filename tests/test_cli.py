@@ -137,10 +137,9 @@ def run(*args: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[s
 
 
 def stopped_cleanly(server: Smtpmux) -> str:
-    """Stop with SIGTERM; assert exit code 0 in a few seconds and no traceback; give stderr."""
-    started = time.monotonic()
-    code = server.stop()
-    assert time.monotonic() - started < 5
+    """Stop with SIGTERM; assert exit code 0 well before the 30 s graceful deadline (20 s is
+    room for a loaded machine) and no traceback; give stderr."""
+    code = server.stop(timeout=20)
     stderr = server.stderr
     assert code == 0, stderr
     assert "Traceback" not in stderr
@@ -464,12 +463,12 @@ def test_debug_traces_the_protocol_without_auth_secrets(smtpmux: Start, tmp_path
 def test_timeout(smtpmux: Start) -> None:
     server = smtpmux("serve", "--listen", "127.0.0.1:0", "--timeout", "0.5")
     [port] = server.listening()
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    started = time.monotonic()  # before the server can start its clock: a true lower bound
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         reader = sock.makefile("rb")
         assert reader.readline().startswith(b"220 ")
-        started = time.monotonic()
         assert reader.readline() == b"421 4.4.2 Timeout, closing connection\r\n"
-        assert 0.3 < time.monotonic() - started < 5
+        assert time.monotonic() - started >= 0.5
     stopped_cleanly(server)
 
 
