@@ -509,3 +509,18 @@ async def test_cancelled_send_closes_the_client(box: Collect) -> None:
                 await smtp.send_message(MESSAGE, mail_from=SENDER, rcpt_tos=["b@example.com"])
         release.set()
     assert box.envelopes == []
+
+
+@pytest.mark.parametrize("refused", ["<<b@example.com>>", "<b@example.com", "b@example.com>"])
+def test_addresses_in_one_pair_of_angle_brackets(
+    kind: str, router: Router[Any], box: Collect, refused: str
+) -> None:
+    """As smtplib: ``"<b@example.com>"`` is sent as ``b@example.com``. Other brackets are a
+    ValueError before anything is written, and the connection stays usable."""
+    with running(kind, router) as server, client(kind, server.port) as smtp:
+        with pytest.raises(ValueError, match="angle brackets"):
+            smtp.send_message(MESSAGE, mail_from=SENDER, rcpt_tos=[refused])
+        result = smtp.send_message(MESSAGE, mail_from=f"<{SENDER}>", rcpt_tos=["<b@example.com>"])
+        assert list(result.accepted) == ["b@example.com"]
+    [envelope] = box.envelopes
+    assert (envelope.mail_from, envelope.rcpt_tos) == (SENDER, ("b@example.com",))
