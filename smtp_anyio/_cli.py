@@ -239,7 +239,10 @@ def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     try:
         return server_context(args.tls_cert, args.tls_key)
     except (OSError, ssl.SSLError) as exc:
-        raise UsageError(f"cannot load TLS certificate {args.tls_cert}: {exc}") from None
+        files = f"--tls-cert {args.tls_cert}" + (
+            f" --tls-key {args.tls_key}" if args.tls_key else ""
+        )
+        raise UsageError(f"cannot load {files}: {exc}") from None
 
 
 async def _discard(envelope: Envelope) -> None:
@@ -254,7 +257,8 @@ def _handler(args: argparse.Namespace) -> Any:
             return EmlDirectory(args.eml_dir)
         return Maildir(args.maildir or "mail")
     except OSError as exc:
-        raise UsageError(f"cannot use the mail store: {exc}") from None
+        option = "--eml-dir" if args.eml_dir else "--maildir"
+        raise UsageError(f"cannot use {option}: {exc}") from None
 
 
 def _servers(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -136,11 +136,15 @@ def normalize_line_ends(content: bytes) -> bytes:
 
 
 def _bare(address: str) -> str:
-    """``" <bob@example.com> "`` -> ``"bob@example.com"``; ``"<>"`` -> ``""``."""
-    address = address.strip()
-    if address.startswith("<") and address.endswith(">"):
-        address = address[1:-1]
-    return address
+    """``" <bob@example.com> "`` -> ``"bob@example.com"``; ``"<>"`` -> ``""``: one pair of
+    enclosing angle brackets is dropped, as smtplib does. A bracket left after that is an
+    error (the command line would be malformed), named with the address as given."""
+    bare = address.strip()
+    if bare.startswith("<") and bare.endswith(">"):
+        bare = bare[1:-1]
+    if bare.startswith("<") or bare.endswith(">"):
+        raise ValueError(f"an address takes one pair of angle brackets at most: {address!r}")
+    return bare
 
 
 def _field_values(message: Message, name: str) -> list[str]:

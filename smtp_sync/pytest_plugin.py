@@ -3,9 +3,11 @@
 Installed with smtpmux (entry point ``pytest11``), it offers two fixtures:
 
 ``smtp_server``
-    A live smtpmux server on 127.0.0.1 and a free port, in a background thread, stopped when
-    the test ends. It accepts mail for any address and keeps it: ``.envelopes`` (smtp_core
-    Envelopes) and ``.messages`` (parsed ``email.message.EmailMessage``). Configure it with
+    A live smtpmux server at ``.host`` and ``.port`` (127.0.0.1 and a free port), in a
+    background thread, stopped when the test ends. It accepts mail for any address and keeps
+    it: ``.envelopes`` (smtp_core Envelopes) and ``.messages`` (parsed
+    ``email.message.EmailMessage``); with ``tls=True``, ``.client_ssl_context`` trusts its
+    throwaway certificate. Configure it with
     ``@pytest.mark.smtp_server(tls=True, auth={"user": "password"}, max_message_size=...,
     max_recipients=..., lmtp=True, require_auth=True, hostname=...)``.
 
@@ -76,10 +78,12 @@ class SMTPTestServer:
 
     @property
     def host(self) -> str:
+        """The address the server listens on: ``127.0.0.1``."""
         return self._server.host
 
     @property
     def port(self) -> int:
+        """The port the server listens on (a free one, chosen for this test)."""
         return self._server.port
 
     @property
@@ -130,12 +134,24 @@ def _tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
 
 @pytest.fixture
 def smtp_server(request: pytest.FixtureRequest) -> Iterator[SMTPTestServer]:
-    """A live SMTP server for this test; see the module docstring for its options."""
+    """A live SMTP server at ``.host`` and ``.port`` (127.0.0.1, a free port) that keeps the mail
+    it receives: ``.envelopes``, ``.messages``, ``.wait_for(n)``, ``.clear()``. Configure it with
+    ``@pytest.mark.smtp_server(tls=True, auth={"user": "password"}, require_auth=True,
+    max_recipients=5, max_message_size=1000, lmtp=True, hostname="smtp.test")``; with
+    ``tls=True``, ``.client_ssl_context`` trusts its throwaway certificate.
+
+    The server (smtp_sync, in a background thread) accepts mail for any address and is stopped
+    when the test ends; ``envelopes`` are smtp_core Envelopes with their content in memory,
+    ``messages`` the same parsed as ``email.message.EmailMessage``.
+    """
     marker = request.node.get_closest_marker("smtp_server")
     options: dict[str, Any] = dict(marker.kwargs) if marker else {}
     unknown = set(options) - _OPTIONS
     if unknown:
-        raise pytest.UsageError(f"unknown smtp_server options: {sorted(unknown)}")
+        raise pytest.UsageError(
+            f"unknown smtp_server options: {sorted(unknown)}; the options are: "
+            + ", ".join(sorted(_OPTIONS))
+        )
     users: dict[str, str] = options.get("auth") or {}
     server_context = client_context = None
     if options.get("tls"):
@@ -162,7 +178,11 @@ def smtp_server(request: pytest.FixtureRequest) -> Iterator[SMTPTestServer]:
 
 @pytest.fixture
 def smtp_transcript() -> Callable[..., TranscriptResult]:
-    """``smtp_transcript(script, router=None, **options)``: run_transcript with a collector."""
+    """``smtp_transcript(script, router=None, **options)`` plays a ``C:``/``S:`` script against
+    an in-memory smtpmux Session (smtp_core.run_transcript) and raises TranscriptError at the
+    first reply that does not match; with no router every address is accepted, and the
+    result's ``deliveries`` show what arrived.
+    """
 
     def play(script: str, router: Router[Any] | None = None, **options: Any) -> TranscriptResult:
         if router is None:

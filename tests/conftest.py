@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from .servers import KINDS, TLS, Collect
+from .tools import require
 
 
 @pytest.fixture(params=KINDS)
@@ -21,3 +22,16 @@ def tls() -> TLS:
 @pytest.fixture
 def box() -> Collect:
     return Collect()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "needs_tool(*names): the test drives these programs (see tests/tools.py)"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("needs_tool"):
+        for name in mark.args:
+            require(name)

@@ -7,31 +7,23 @@ figures and ratios, every process is stopped), not that any figure is good.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from .tools import needs
+
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = ROOT / "benchmarks" / "suite.py"
 
 
-def _postfix_tool(name: str) -> str | None:
-    for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/lib/postfix/sbin/{name}"):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    return None
-
-
-pytestmark = pytest.mark.skipif(
-    _postfix_tool("smtp-source") is None, reason="smtp-source (Debian package postfix) missing"
-)
+pytestmark = needs("smtp-source", "smtp-sink")
 
 
 def test_quick_suite_reports_figures_and_ratios() -> None:
-    servers = ["smtpmux-asyncio"] + (["smtp-sink"] if _postfix_tool("smtp-sink") else [])
+    servers = ["smtpmux-asyncio", "smtp-sink"]
     command = [sys.executable, str(SUITE), "--quick", "--json", "--duration", "0.1"]
     command += ["--servers", ",".join(servers), "--workloads", "W1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)

@@ -137,10 +137,9 @@ def run(*args: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[s
 
 
 def stopped_cleanly(server: Smtpmux) -> str:
-    """Stop with SIGTERM; assert exit code 0 in a few seconds and no traceback; give stderr."""
-    started = time.monotonic()
-    code = server.stop()
-    assert time.monotonic() - started < 5
+    """Stop with SIGTERM; assert exit code 0 well before the 30 s graceful deadline (20 s is
+    room for a loaded machine) and no traceback; give stderr."""
+    code = server.stop(timeout=20)
     stderr = server.stderr
     assert code == 0, stderr
     assert "Traceback" not in stderr
@@ -485,12 +484,12 @@ def test_debug_traces_the_protocol_without_auth_secrets(smtpmux: Start, tmp_path
 def test_timeout(smtpmux: Start) -> None:
     server = smtpmux("serve", "--listen", "127.0.0.1:0", "--timeout", "0.5")
     [port] = server.listening()
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    started = time.monotonic()  # before the server can start its clock: a true lower bound
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         reader = sock.makefile("rb")
         assert reader.readline().startswith(b"220 ")
-        started = time.monotonic()
         assert reader.readline() == b"421 4.4.2 Timeout, closing connection\r\n"
-        assert 0.3 < time.monotonic() - started < 5
+        assert time.monotonic() - started >= 0.5
     stopped_cleanly(server)
 
 
@@ -505,31 +504,50 @@ def busy_port() -> Iterator[int]:
         yield taken.getsockname()[1]
 
 
-BAD_OPTIONS: list[tuple[str, list[str]]] = [
-    ("port-out-of-range", ["--listen", "127.0.0.1:99999"]),
-    ("listen-without-port", ["--listen", "localhost"]),
-    ("missing-cert", ["--tls-cert", "{missing}"]),
-    ("unreadable-key", ["--tls-cert", "{cert}", "--tls-key", "{bad_key}"]),
-    ("key-is-a-directory", ["--tls-cert", "{cert}", "--tls-key", "{directory}"]),
-    ("tls-listen-without-cert", ["--tls-listen", "127.0.0.1:0"]),
-    ("unknown-backend", ["--backend", "tornado"]),
-    ("two-stores", ["--maildir", "a", "--eml-dir", "b"]),
-    ("store-and-discard", ["--eml-dir", "b", "--discard"]),
-    ("missing-auth-file", ["--auth-file", "{missing}"]),
-    ("auth-require-tls-without-cert", ["--auth-file", "{users}", "--auth-require-tls"]),
-    ("unmarked-password-in-auth-file", ["--auth-file", "{unmarked}"]),
-    ("relay-domain-not-idna", ["--relay-domain", "xn--zz.example"]),
-    ("bad-size", ["--max-message-size", "lots"]),
-    ("zero-recipients", ["--max-recipients", "0"]),
-    ("bad-timeout", ["--timeout", "0"]),
-    ("unknown-option", ["--frobnicate"]),
-    ("maildir-is-a-file", ["--maildir", "{users}"]),
+#: (case, options, what the one line must name: the bad option, and its value where it has one)
+BAD_OPTIONS: list[tuple[str, list[str], list[str]]] = [
+    ("port-out-of-range", ["--listen", "127.0.0.1:99999"], ["--listen", "127.0.0.1:99999"]),
+    ("listen-without-port", ["--listen", "localhost"], ["--listen", "localhost"]),
+    ("missing-cert", ["--tls-cert", "{missing}"], ["--tls-cert", "{missing}"]),
+    (
+        "unreadable-key",
+        ["--tls-cert", "{cert}", "--tls-key", "{bad_key}"],
+        ["--tls-key", "{bad_key}"],
+    ),
+    (
+        "key-is-a-directory",
+        ["--tls-cert", "{cert}", "--tls-key", "{directory}"],
+        ["--tls-key", "{directory}"],
+    ),
+    ("tls-listen-without-cert", ["--tls-listen", "127.0.0.1:0"], ["--tls-listen", "--tls-cert"]),
+    ("unknown-backend", ["--backend", "tornado"], ["--backend", "tornado"]),
+    ("two-stores", ["--maildir", "a", "--eml-dir", "b"], ["--maildir", "--eml-dir"]),
+    ("store-and-discard", ["--eml-dir", "b", "--discard"], ["--eml-dir", "--discard"]),
+    ("missing-auth-file", ["--auth-file", "{missing}"], ["--auth-file", "{missing}"]),
+    (
+        "auth-require-tls-without-cert",
+        ["--auth-file", "{users}", "--auth-require-tls"],
+        ["--auth-require-tls", "--tls-cert"],
+    ),
+    ("unmarked-password-in-auth-file", ["--auth-file", "{unmarked}"], ["--auth-file", "{unmarked}"]),
+    (
+        "relay-domain-not-idna",
+        ["--relay-domain", "xn--zz.example"],
+        ["--relay-domain", "xn--zz.example"],
+    ),
+    ("bad-size", ["--max-message-size", "lots"], ["--max-message-size", "lots"]),
+    ("zero-recipients", ["--max-recipients", "0"], ["--max-recipients", "'0'"]),
+    ("bad-timeout", ["--timeout", "0"], ["--timeout", "'0'"]),
+    ("unknown-option", ["--frobnicate"], ["--frobnicate"]),
+    ("maildir-is-a-file", ["--maildir", "{users}"], ["--maildir", "{users}"]),
 ]
 
 
-@pytest.mark.parametrize(("case", "options"), BAD_OPTIONS, ids=[c for c, _ in BAD_OPTIONS])
+@pytest.mark.parametrize(
+    ("case", "options", "named"), BAD_OPTIONS, ids=[c for c, _, _ in BAD_OPTIONS]
+)
 def test_bad_options_one_line_exit_2(
-    tmp_path: Path, certificate: dict[str, Path], case: str, options: list[str]
+    tmp_path: Path, certificate: dict[str, Path], case: str, options: list[str], named: list[str]
 ) -> None:
     (tmp_path / "users").write_text("alice:{PLAIN}secret\n")
     (tmp_path / "unmarked").write_text("# users\nalice:secret\n")
@@ -547,6 +565,8 @@ def test_bad_options_one_line_exit_2(
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("smtpmux"), done.stderr
     assert "Traceback" not in done.stderr
+    for name in named:
+        assert name.format(**names) in done.stderr, (name, done.stderr)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -292,26 +292,35 @@ def test_through_smtpmux_serve(tmp_path: Path, message: Path) -> None:
     assert stored.endswith(MESSAGE.replace(b"Bcc: dave@example.com\r\n", b""))
 
 
-BAD_OPTIONS: list[tuple[str, list[str]]] = [
-    ("server-without-port", ["--server", "localhost", "{message}"]),
-    ("server-port-0", ["--server", "127.0.0.1:0", "{message}"]),
-    ("unknown-tls-mode", ["--tls", "always", "{message}"]),
-    ("zero-timeout", ["--timeout", "0", "{message}"]),
-    ("bad-recipient", ["--to", "not an address", "{message}"]),
-    ("bad-sender", ["--from", "a@@example.com", "{message}"]),
-    ("missing-file", ["{missing}"]),
-    ("no-recipients", ["{headerless}"]),
-    ("missing-cafile", ["--cafile", "{missing}", "{message}"]),
-    ("cafile-without-tls", ["--tls", "none", "--cafile", "{message}", "{message}"]),
-    ("auth-without-password", ["--auth", "alice", "{message}"]),
-    ("bad-helo", ["--helo", "my host", "{message}"]),
-    ("unknown-option", ["--frobnicate", "{message}"]),
-    ("no-file", []),
+#: (case, options, what the one line must name: the bad option, and its value where it has one)
+BAD_OPTIONS: list[tuple[str, list[str], list[str]]] = [
+    ("server-without-port", ["--server", "localhost", "{message}"], ["--server", "localhost"]),
+    ("server-port-0", ["--server", "127.0.0.1:0", "{message}"], ["--server", "port"]),
+    ("unknown-tls-mode", ["--tls", "always", "{message}"], ["--tls", "always"]),
+    ("zero-timeout", ["--timeout", "0", "{message}"], ["--timeout", "'0'"]),
+    ("bad-recipient", ["--to", "not an address", "{message}"], ["--to", "not an address"]),
+    ("bad-sender", ["--from", "a@@example.com", "{message}"], ["--from", "a@@example.com"]),
+    ("missing-file", ["{missing}"], ["{missing}"]),
+    ("no-recipients", ["{headerless}"], ["no recipients", "--to"]),
+    ("missing-cafile", ["--cafile", "{missing}", "{message}"], ["--cafile", "{missing}"]),
+    (
+        "cafile-without-tls",
+        ["--tls", "none", "--cafile", "{message}", "{message}"],
+        ["--cafile", "--tls"],
+    ),
+    ("auth-without-password", ["--auth", "alice", "{message}"], ["--auth", "SMTPMUX_PASSWORD"]),
+    ("bad-helo", ["--helo", "my host", "{message}"], ["--helo", "my host"]),
+    ("unknown-option", ["--frobnicate", "{message}"], ["--frobnicate"]),
+    ("no-file", [], ["FILE"]),
 ]
 
 
-@pytest.mark.parametrize(("case", "options"), BAD_OPTIONS, ids=[c for c, _ in BAD_OPTIONS])
-def test_bad_options_one_line_exit_2(message: Path, case: str, options: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("case", "options", "named"), BAD_OPTIONS, ids=[c for c, _, _ in BAD_OPTIONS]
+)
+def test_bad_options_one_line_exit_2(
+    message: Path, case: str, options: list[str], named: list[str]
+) -> None:
     headerless = message.parent / "headerless.eml"
     headerless.write_bytes(b"From: a@example.org\r\nSubject: nobody to send to\r\n\r\nhi\r\n")
     names = {
@@ -325,3 +334,5 @@ def test_bad_options_one_line_exit_2(message: Path, case: str, options: list[str
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("smtpmux"), done.stderr
     assert done.stdout == ""
+    for name in named:
+        assert name.format(**names) in done.stderr, (name, done.stderr)

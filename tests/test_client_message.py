@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from email.message import EmailMessage
 
 import pytest
@@ -117,6 +118,34 @@ def test_addresses_checked(sender: str, recipients: list[str], error: str) -> No
         prepare_message(b"hi\r\n", mail_from=sender, rcpt_tos=recipients)
     with pytest.raises(ValueError, match=error):
         OutgoingMessage(sender, tuple(recipients), b"hi\r\n")
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [
+        ("b@y.com", "b@y.com"),
+        ("<b@y.com>", "b@y.com"),  # one enclosing pair, as smtplib takes it
+        (" <b@y.com> ", "b@y.com"),
+        ('<"b c"@y.com>', '"b c"@y.com'),
+    ],
+)
+def test_one_pair_of_angle_brackets_is_dropped(given: str, sent: str) -> None:
+    prepared = prepare_message(b"hi\r\n", mail_from=f"<{sent}>", rcpt_tos=[given])
+    assert (prepared.mail_from, prepared.rcpt_tos) == (sent, (sent,))
+    assert prepare_message(b"hi\r\n", mail_from="<>", rcpt_tos=[given]).mail_from == ""
+
+
+@pytest.mark.parametrize(
+    "given", ["<<b@y.com>>", "<b@y.com", "b@y.com>", "<b@y.com>>", "<<b@y.com>", " <b@y.com"]
+)
+def test_other_brackets_are_a_value_error(given: str) -> None:
+    """Only one enclosing pair is taken away; what is left would not be a valid path."""
+    with pytest.raises(
+        ValueError, match=r"one pair of angle brackets at most: " + re.escape(repr(given))
+    ):
+        prepare_message(b"hi\r\n", mail_from="a@x.org", rcpt_tos=[given])
+    with pytest.raises(ValueError, match="angle brackets"):
+        prepare_message(b"hi\r\n", mail_from=given, rcpt_tos=["b@y.com"])
 
 
 def test_rcpt_tos_must_be_a_list() -> None:

@@ -283,7 +283,6 @@ TABLE: list[Case] = [
         334,
         None,
     ),
-    ("auth before ehlo", AUTH, True, [], "AUTH PLAIN", 503, "5.5.1"),
     ("auth over plaintext", AUTH, False, [EHLO], "AUTH LOGIN", 538, "5.7.11"),
     ("auth with rcpt", AUTH, True, [EHLO, MAIL, RCPT], "AUTH PLAIN", 503, "5.5.1"),
 ]

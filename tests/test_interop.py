@@ -5,7 +5,6 @@ stored file is compared byte for byte: the trace headers the handler adds, then 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from smtp_core import (
 from smtp_sync.handlers import Maildir, trace_headers
 
 from .servers import TLS, Collect, running
+from .tools import missing, require
 
 RECEIVED_AT = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 DATE = "Wed, 04 Mar 2026 05:06:07 +0000"  # RECEIVED_AT as RFC 5322 writes it
@@ -270,18 +270,15 @@ def test_aiosmtplib_smtputf8(kind: str, router: Router[Any], stored: Stored) -> 
 
 @cache
 def swaks_support() -> str:
-    if shutil.which("swaks") is None:
-        return ""
     done = subprocess.run(["swaks", "--support"], capture_output=True, text=True, timeout=30)
     return done.stdout + done.stderr
 
 
 def swaks(port: int, tmp_path: Path, content: bytes, *options: str) -> None:
+    require("swaks")
     support = swaks_support()
-    if not support:
-        pytest.skip("swaks is not installed (apt-get install swaks)")
     if "--tls" in options and "=== TLS supported" not in support:
-        pytest.skip("this swaks has no TLS (apt-get install libnet-ssleay-perl)")
+        missing("this swaks has no TLS (apt-get install libnet-ssleay-perl)")
     # swaks sends the file's lines with CRLF and dot-stuffs them; "\r\n.\r\n" ends the data.
     assert content.endswith(b"\r\n")
     data = tmp_path / "swaks.txt"
@@ -331,8 +328,7 @@ def test_swaks_auth(
 
 
 def curl(port: int, tmp_path: Path, content: bytes, *options: str, scheme: str = "smtp") -> None:
-    if shutil.which("curl") is None:
-        pytest.skip("curl is not installed (apt-get install curl)")
+    require("curl")
     upload = tmp_path / "curl.eml"
     upload.write_bytes(content)  # curl sends the file as it is, dot-stuffing lines after CRLF
     command = ["curl", "--silent", "--show-error", "--max-time", "10"]

@@ -4,8 +4,11 @@ sockets: smtplib, raw pipelining, TLS by trustme certificates."""
 from __future__ import annotations
 
 import base64
+import gc
+import os
 import smtplib
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +24,7 @@ from smtp_core import (
     Policy,
     Router,
     ServerConfig,
+    Session,
     SessionInfo,
     TranscriptError,
 )
@@ -343,9 +347,46 @@ def test_graceful_shutdown_sends_421_to_idle_sessions(kind: str, router: Router[
     sock.close()
 
 
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _open_sessions() -> set[int]:
+    return {id(o) for o in gc.get_objects() if isinstance(o, Session) and not o.closed}
+
+
 @pytest.fixture(autouse=True)
 def _no_leaks() -> Iterator[None]:
+    """Each test's servers are gone after it: every thread it started has ended, every file
+    descriptor it opened is closed, and no Session is left open. Threads and sockets may
+    take a moment to wind down after a server stops, so the check waits (up to 10 s)."""
+    threads, fds, sessions = set(threading.enumerate()), _fds(), _open_sessions()
     yield
+    deadline = time.monotonic() + 10
+    while True:
+        gc.collect()
+        new_threads = [t for t in threading.enumerate() if t not in threads and not _cached(t)]
+        new_fds = _fds() - fds
+        new_sessions = _open_sessions() - sessions
+        if not (new_threads or new_fds or new_sessions) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert new_threads == [], "threads left running"
+    assert new_fds == set(), {fd: _target(fd) for fd in new_fds}
+    assert new_sessions == set(), "sessions left open"
+
+
+def _cached(thread: threading.Thread) -> bool:
+    """Trio keeps idle worker threads in a process-wide cache for reuse (up to 10 s idle):
+    trio's, not the server's. Finished threads are not leaks either."""
+    return thread.name.startswith("Trio thread ") or not thread.is_alive()
+
+
+def _target(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "?"
 
 
 LIVE_SCRIPT = """

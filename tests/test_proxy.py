@@ -249,7 +249,11 @@ def test_engine_waits_for_the_header_before_the_greeting() -> None:
     assert conn.timeout == conn.config.proxy_timeout
 
 
-@pytest.mark.parametrize(("header"), [c[2] for c in VALID], ids=[c[0] for c in VALID])
+#: VALID's headers once each: three v1 UNKNOWN lines parse to the same header
+ROUND_TRIP = list({case[2]: case for case in reversed(VALID)}.values())[::-1]
+
+
+@pytest.mark.parametrize(("header"), [c[2] for c in ROUND_TRIP], ids=[c[0] for c in ROUND_TRIP])
 def test_encode_round_trip(header: ProxyHeader) -> None:
     """What encode_proxy_header writes, parse_proxy_header reads back (v1 UNKNOWN drops the
     addresses it never had; v2 LOCAL likewise)."""

@@ -58,7 +58,26 @@ def test_smtp_server_options_tls_auth_limits(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(["*unknown smtp_server options*bogus*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*unknown smtp_server options: ?'bogus'?; the options are: auth, hostname, lmtp, "
+            "max_message_size, max_recipients, require_auth, tls"
+        ]
+    )
+
+
+def test_fixtures_document_themselves(pytester: pytest.Pytester) -> None:
+    """``pytest --fixtures`` says what each fixture is and what it offers, not where to look."""
+    result = pytester.runpytest("--fixtures", "-p", "no:cacheprovider")
+    text = result.stdout.str()
+    assert "module docstring" not in text
+    for fixture, words in [
+        ("smtp_server", ["host", "port", "client_ssl_context", "wait_for", "smtp_server(tls=True"]),
+        ("smtp_transcript", ["run_transcript", "deliveries", "TranscriptError"]),
+    ]:
+        section = text[text.index(fixture + " -- ") :].split("\n\n")[0]
+        for word in words:
+            assert word in section, (fixture, word, section)
 
 
 def test_smtp_transcript_fixture(pytester: pytest.Pytester) -> None:

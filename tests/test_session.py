@@ -456,7 +456,10 @@ def test_handler_crash_gives_451_and_session_goes_on(
 def test_one_failing_handler_fails_the_smtp_transaction(
     router: Router[Any], boxes: dict[str, Mailbox]
 ) -> None:
-    run_transcript(
+    """SMTP has one reply per message: 451 when one handler fails, although the other one was
+    called and took its copy. The sender retries the whole message, so bob gets it again:
+    a duplicate, never a loss (LMTP answers per recipient and avoids it)."""
+    result = run_transcript(
         SEND
         + "C: RCPT TO:<bob@example.com>\nS: 250*\n"
         + "C: RCPT TO:<crash@example.org>\nS: 250*\n"
@@ -464,6 +467,13 @@ def test_one_failing_handler_fails_the_smtp_transaction(
         + "S: 451 4.3.0 *\n",
         router,
     )
+    [delivered] = boxes["bob"].envelopes
+    assert delivered.rcpt_tos == ("bob@example.com",)  # its own recipient, not crash@
+    assert delivered.mail_from == "alice@client.example"
+    assert delivered.as_bytes() == b"Subject: hi\r\n\r\nhello\r\n"
+    called = sorted(e.rcpt_tos for e in result.deliveries)  # each handler once, its recipients
+    assert called == [("bob@example.com",), ("crash@example.org",)]
+    assert all(not box.envelopes for name, box in boxes.items() if name != "bob")
 
 
 def test_lmtp_one_reply_per_recipient(router: Router[Any], boxes: dict[str, Mailbox]) -> None:
