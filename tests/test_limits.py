@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from smtp_core import ConnectionLimits, ConnectionRate, Router
+from smtp_core import ConnectionLimits, ConnectionRate, Router, ServerConfig
 
-from .servers import Collect, running
+from .servers import TLS, Collect, running
 
 MESSAGE = b"From: a@example.org\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
 
@@ -188,3 +188,55 @@ def test_rate_limit_refuses_the_connection_after_n(kind: str, router: Router[Any
         with connect(server.port, "127.0.0.2") as other:
             assert reply(other)[:4] == b"220 "
         assert server.metrics.connections_refused_rate == 1
+
+
+# --- the waits: stress mode, the first command, TLS handshakes ------------------------------
+
+TIMED_OUT = b"421 4.4.2 Timeout, closing connection"
+
+
+def test_stress_mode_shortens_the_wait_for_commands(kind: str, router: Router[Any]) -> None:
+    """5 connections at most, stress from 4 (80%): a wait that starts then lasts 0.3 s, not
+    the 300 s of the command timeout (the test would give up after 30 s)."""
+    limits = ConnectionLimits(max_connections=5, max_connections_per_client=0, stress_timeout=0.3)
+    with running(kind, router, limits=limits) as server:
+        with idle_connections(server.port, ["127.0.0.1"] * 4) as socks:
+            wait_until(lambda: server.admission.under_stress)
+            for sock in socks:
+                sock.sendall(b"EHLO c.example\r\n")
+            for sock in socks:
+                assert reply(sock)[:3] == b"250"
+                assert reply(sock) == TIMED_OUT
+
+
+def test_first_command_has_its_own_wait(kind: str, router: Router[Any]) -> None:
+    config = ServerConfig(first_command_timeout=0.3)  # command_timeout stays 300 s
+    with running(kind, router, config=config) as server:
+        with idle_connections(server.port, ["127.0.0.1"]) as [silent]:
+            assert reply(silent) == TIMED_OUT
+            assert silent.recv(10) == b""
+        with idle_connections(server.port, ["127.0.0.1"]) as [talking]:
+            talking.sendall(b"EHLO c.example\r\n")
+            assert reply(talking)[:3] == b"250"
+            talking.settimeout(1.0)  # the hello came: the 300 s command timeout applies
+            with pytest.raises(TimeoutError):
+                talking.recv(10)
+
+
+@pytest.mark.parametrize("implicit", [True, False], ids=["implicit-tls", "starttls"])
+def test_tls_handshake_has_its_own_wait(
+    kind: str, router: Router[Any], tls: TLS, implicit: bool
+) -> None:
+    """A client that starts a handshake and goes quiet is dropped after tls_handshake_timeout,
+    not command_timeout (300 s; the test would give up after 30 s)."""
+    config = ServerConfig(tls_handshake_timeout=0.3)
+    options: dict[str, Any] = {"ssl_context": tls.server, "implicit_tls": implicit}
+    with running(kind, router, config=config, **options) as server:
+        with connect(server.port) as sock:
+            if not implicit:
+                assert reply(sock)[:4] == b"220 "
+                sock.sendall(b"EHLO c.example\r\nSTARTTLS\r\n")
+                assert reply(sock)[:3] == b"250" and reply(sock)[:3] == b"220"
+            # silence instead of a ClientHello: the server gives up and closes
+            assert _unread.pop(sock, b"") + sock.recv(100) == b""
+        wait_until(lambda: server.metrics.tls_failures == 1)  # counted after the close
