@@ -48,6 +48,9 @@ log = logging.getLogger("smtpmux.server")
 _MAX_IDLE_WORKERS = 16  #: threads kept waiting for the next connection
 _IDLE_SECONDS = 30.0  #: how long an idle worker waits before it ends
 _READ_SIZE = 64 * 1024  # larger reads allocate (and free) their buffer with mmap each time
+#: a TLS socket cannot be woken by shutting its read side (the TLS layer then fails, and the
+#: 421 could not be sent), so its waits are cut in slices, checked for a stop or an eviction
+_TLS_WAIT_SLICE = 1.0
 
 
 def _tls_info(sock: ssl.SSLSocket) -> TLSInfo:
@@ -91,6 +94,7 @@ class Server:
         init=False, factory=queue.SimpleQueue
     )
     _idle_workers: int = attrs.field(init=False, default=0)  #: waiting in _next_job, no job yet
+    _forced: bool = attrs.field(init=False, default=False)  #: stop's deadline passed
 
     def __attrs_post_init__(self) -> None:
         if self.ssl_context is not None and not self.implicit_tls and not self.config.starttls:
@@ -229,6 +233,7 @@ class Server:
             while worker.is_alive() and not deadline.is_set():
                 worker.join(0.05)
         timer.cancel()
+        self._forced = True
         with self._lock:
             for sock in self._sessions.values():
                 _wake(sock)
@@ -326,7 +331,10 @@ class Server:
             ticket.waiting = True  # a full server may evict us now, if we are idle
             ended: Callable[[], list[Action]] | None = None  # the wait ended without data
             try:
-                data = sock.recv(_READ_SIZE)
+                if isinstance(sock, ssl.SSLSocket):
+                    data = self._receive_tls(sock, session, ticket, timeout)
+                else:
+                    data = sock.recv(_READ_SIZE)
             except (TimeoutError, BlockingIOError):  # BlockingIOError: SO_RCVTIMEO ran out
                 ended, data = session.expire, b""
             except OSError:
@@ -344,6 +352,31 @@ class Server:
                 actions.extend(session.shut_down())
                 continue
             actions.extend(session.receive_data(data))
+
+    def _receive_tls(
+        self, sock: ssl.SSLSocket, session: Session, ticket: Ticket[Any], timeout: float
+    ) -> bytes:
+        """``sock.recv`` in slices of ``_TLS_WAIT_SLICE``; b"" (as at the client's end) when
+        a stop or an eviction wants the wait to end, TimeoutError after ``timeout``."""
+        if timeout <= _TLS_WAIT_SLICE:
+            return sock.recv(_READ_SIZE)
+        deadline = time.monotonic() + timeout
+        sock.settimeout(_TLS_WAIT_SLICE)
+        try:
+            while True:
+                try:
+                    return sock.recv(_READ_SIZE)  # a timeout mid-record keeps the TLS state
+                except TimeoutError:
+                    if ticket.evicted or (
+                        self._stopping.is_set() and (self._forced or not session.in_transaction)
+                    ):
+                        return b""
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise
+                    sock.settimeout(min(left, _TLS_WAIT_SLICE))
+        finally:
+            sock.settimeout(timeout)
 
 
 def _apply_timeout(sock: socket.socket, seconds: float) -> None:
@@ -383,6 +416,10 @@ def _call(action: Call, spool: SpoolFile) -> object:
 
 
 def _wake(sock: socket.socket) -> None:
-    """Make a thread blocked in recv() on ``sock`` return."""
+    """Make a thread blocked in recv() on ``sock`` return, as at the client's end; the way
+    back stays open for the 421 that follows. A TLS socket's wait notices by itself within
+    ``_TLS_WAIT_SLICE`` (after a shut read side its TLS layer could send nothing more)."""
+    if isinstance(sock, ssl.SSLSocket):
+        return
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RD)

@@ -255,3 +255,36 @@ def test_tls_handshake_has_its_own_wait(
             # silence instead of a ClientHello: the server gives up and closes
             assert _unread.pop(sock, b"") + sock.recv(100) == b""
         wait_until(lambda: server.metrics.tls_failures == 1)  # counted after the close
+
+
+def test_an_idle_tls_connection_is_evicted_inside_tls(
+    kind: str, router: Router[Any], tls: TLS
+) -> None:
+    """The 421 4.4.2 of an eviction goes through the TLS layer, not around it."""
+    with running(kind, router, ssl_context=tls.server, max_connections=1) as server:
+        with connect(server.port) as raw:
+            raw.sendall(b"EHLO c.example\r\nSTARTTLS\r\n")
+            assert reply(raw)[:3] == b"220" and reply(raw)[:3] == b"250"
+            assert reply(raw)[:3] == b"220"
+            with tls.client.wrap_socket(raw, server_hostname="localhost") as secure:
+                secure.sendall(b"EHLO c.example\r\n")
+                assert reply(secure)[:3] == b"250"
+                wait_until(lambda: idle_count(server) == 1)
+                with connect(server.port) as newcomer:
+                    assert reply(newcomer)[:4] == b"220 "
+                    assert reply(secure) == b"421 4.4.2 Server busy, closing idle connection"
+
+
+def test_a_stop_reaches_an_idle_tls_session_inside_tls(
+    kind: str, router: Router[Any], tls: TLS
+) -> None:
+    """The same path as an eviction: the stop's 421 4.3.2 goes through the TLS layer."""
+    with running(kind, router, ssl_context=tls.server) as server:
+        raw = connect(server.port)
+        raw.sendall(b"EHLO c.example\r\nSTARTTLS\r\n")
+        assert [reply(raw)[:3] for _ in range(3)] == [b"220", b"250", b"220"]
+        secure = tls.client.wrap_socket(raw, server_hostname="localhost")
+        secure.sendall(b"EHLO c.example\r\n")
+        assert reply(secure)[:3] == b"250"
+    with secure:
+        assert reply(secure) == b"421 4.3.2 Service shutting down, try again later"
