@@ -9,7 +9,8 @@ that drops it. Nothing is logged (neither smtpmux nor aiosmtpd configures loggin
 server keeps anything.
 
 smtpmux runs with its defaults (every limit and check on, messages over 1 MiB spooled to a
-temporary file) except ``max_connections``, raised so 1000 idle connections (W5) fit. The
+temporary file) except ``max_connections``, raised so 1000 idle connections (W5) fit, and
+``max_connections_per_client``, off, since every benchmark client comes from 127.0.0.1. The
 anyio servers get an ``async def`` handler, as aiosmtpd does; the thread-per-connection
 server gets a plain function (it calls handlers in the connection's own thread).
 """
@@ -48,9 +49,10 @@ def _ready() -> None:
 
 
 def run_smtpmux(backend: str, port: int) -> None:
-    from smtp_core import Envelope, Router, ServerConfig
+    from smtp_core import ConnectionLimits, Envelope, Router, ServerConfig
 
     config = ServerConfig(hostname="localhost")
+    limits = ConnectionLimits(max_connections=MAX_CONNECTIONS, max_connections_per_client=0)
     if backend == "sync":
         import smtp_sync
 
@@ -59,9 +61,7 @@ def run_smtpmux(backend: str, port: int) -> None:
 
         sync_router: Router[Any] = Router()
         sync_router.add("*@*", discard_sync)
-        server = smtp_sync.Server(
-            sync_router, host=HOST, port=port, config=config, max_connections=MAX_CONNECTIONS
-        )
+        server = smtp_sync.Server(sync_router, host=HOST, port=port, config=config, limits=limits)
         server.bind()
         _ready()
         server.serve_forever()
@@ -78,9 +78,7 @@ def run_smtpmux(backend: str, port: int) -> None:
     router.add("*@*", discard)
 
     async def main() -> None:
-        async with smtp_anyio.Server(
-            router, host=HOST, port=port, config=config, max_connections=MAX_CONNECTIONS
-        ):
+        async with smtp_anyio.Server(router, host=HOST, port=port, config=config, limits=limits):
             _ready()
             await anyio.sleep_forever()
 

@@ -24,6 +24,9 @@ import attrs
 from smtp_core import (
     TLS_MODES,
     AddressError,
+    Admission,
+    ConnectionLimits,
+    ConnectionRate,
     Credentials,
     Envelope,
     LoginMechanism,
@@ -99,6 +102,19 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 for no limit, got {text!r}")
+    return int(text)
+
+
+def _rate(text: str) -> ConnectionRate:
+    try:
+        return ConnectionRate.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -170,6 +186,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=100,
         metavar="N",
         help="recipients per message (default 100)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=1000,
+        metavar="N",
+        help="connections at once, per process; when full, the longest-idle one outside a "
+        "transaction makes room (default 1000)",
+    )
+    serve.add_argument(
+        "--max-connections-per-client",
+        type=_count,
+        default=50,
+        metavar="N",
+        help="connections at once from one IP address, per process; 0: no limit (default 50)",
+    )
+    serve.add_argument(
+        "--connection-rate-per-client",
+        type=_rate,
+        metavar="N[/PERIOD]",
+        help="new connections from one IP address per minute (30), or per PERIOD (30/60s, "
+        "100/1h), per process (default: no limit)",
     )
     serve.add_argument("--hostname", default="localhost", help="our name in the greeting and trace")
     serve.add_argument(
@@ -290,12 +328,25 @@ def _servers(args: argparse.Namespace) -> list[dict[str, Any]]:
     router: Router[Any] = Router()
     handler = _handler(args)
     router.add("*@*", _debugging(handler) if args.debug else handler)
+    metrics = Metrics(lock=threading.Lock())  # one per process, read by --metrics
+    connection_limits = ConnectionLimits(
+        max_connections=args.max_connections,
+        max_connections_per_client=args.max_connections_per_client,
+        connection_rate_per_client=args.connection_rate_per_client,
+    )
     common = {
         "router": router,
         "config": config,
         "policy": policy,
         "proxy_protocol_from": frozenset(args.proxy_protocol),
-        "metrics": Metrics(lock=threading.Lock()),  # one per process, read by --metrics
+        "metrics": metrics,
+        # one per process, so that every listener's connections count together
+        "admission": Admission(
+            connection_limits,
+            metrics=metrics,
+            exempt=frozenset(args.proxy_protocol),
+            lock=threading.Lock(),
+        ),
     }
     plain = args.listen or ([] if args.tls_listen else [("127.0.0.1", 8025)])
     servers = [{**common, "host": h, "port": p, "ssl_context": context} for h, p in plain]

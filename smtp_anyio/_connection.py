@@ -18,6 +18,7 @@ import asyncio
 import math
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -26,7 +27,7 @@ import anyio.lowlevel
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-from smtp_core import Action, Send, Session, Spool, TLSInfo
+from smtp_core import Action, Send, Session, Spool, Ticket, TLSInfo
 from smtp_sync._spool import SpoolFile
 
 __all__ = [
@@ -299,6 +300,7 @@ class TransportConnection(asyncio.BufferedProtocol):
         "_deadline",
         "_drain",
         "_eof",
+        "_interrupted",
         "_loop",
         "_lost",
         "_on_connect",
@@ -311,6 +313,7 @@ class TransportConnection(asyncio.BufferedProtocol):
         "_tls",
         "_waiter",
         "_writing_paused",
+        "ticket",
         "transport",
     )
 
@@ -338,6 +341,9 @@ class TransportConnection(asyncio.BufferedProtocol):
         self._writing_paused = False
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._interrupted = False  # interrupt() came while no wait was in progress
+        #: the server's admission ticket: each read the callback feeds marks it active
+        self.ticket: Ticket[Any] | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -395,6 +401,8 @@ class TransportConnection(asyncio.BufferedProtocol):
         """One round of the session, done here: the task wakes only for what it must do."""
         session, spool, transport = self._session, self._spool, self.transport
         assert session is not None and spool is not None and transport is not None
+        if self.ticket is not None:
+            self.ticket.active_at = time.monotonic()
         try:
             actions = session.receive_data(data)
             for index, action in enumerate(actions):
@@ -447,6 +455,9 @@ class TransportConnection(asyncio.BufferedProtocol):
     async def next_actions(self, session: Session, spool: SpoolFile) -> list[Action] | None:
         if self._writing_paused and not self._lost:
             await self._wait_drain()  # read nothing more while the client reads nothing
+        if self._interrupted:  # a stop or an eviction came while we waited for the drain
+            self._interrupted = False
+            return []
         if self._chunks or self._eof or self._lost:  # arrived while the task was busy
             chunks = self._chunks
             data = b"".join(chunks) if len(chunks) != 1 else chunks[0]
@@ -509,6 +520,8 @@ class TransportConnection(asyncio.BufferedProtocol):
     def interrupt(self) -> None:
         if self._session is not None:
             self._hand_over([])
+        else:
+            self._interrupted = True
 
     async def aclose(self) -> None:
         if self._timer is not None:

@@ -11,6 +11,7 @@ import inspect
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -21,8 +22,10 @@ import attrs
 from anyio.abc import SocketAttribute, SocketListener, TaskStatus
 
 from smtp_core import (
+    Admission,
     Call,
     Close,
+    ConnectionLimits,
     Deliver,
     Handler,
     Metrics,
@@ -32,6 +35,8 @@ from smtp_core import (
     ServerConfig,
     Session,
     Spool,
+    Ticket,
+    TurnedAway,
     UpgradeToTLS,
 )
 from smtp_sync._spool import SpoolFile, call_arguments, new_session_id, utc_now
@@ -47,7 +52,6 @@ from ._connection import (
 __all__ = ["Server", "serve"]
 
 log = logging.getLogger("smtpmux.server")
-_REFUSE_FULL = b"421 4.7.0 Too many connections, try again later\r\n"
 _BACKLOG = 4096
 _READ_BUFFER = 256 * 1024
 
@@ -86,6 +90,10 @@ class Server:
     ``server.port`` is the bound port (useful with ``port=0``). Leaving the block stops the
     server gracefully: no new connections, open transactions get ``shutdown_timeout`` seconds
     to finish, every other session gets 421 4.3.2.
+
+    ``limits`` are the connection limits (smtp_core.ConnectionLimits: total, per client,
+    rate, stress mode); ``max_connections`` is a shortcut for its first. ``admission`` may be
+    shared by several servers of one process, so that their limits count together.
     """
 
     router: Router[Handler]
@@ -96,12 +104,14 @@ class Server:
     ssl_context: ssl.SSLContext | None = None
     implicit_tls: bool = False  #: TLS from the first byte (RFC 8314, port 465)
     proxy_protocol_from: frozenset[str] = frozenset()  #: peers trusted to send a PROXY header
-    max_connections: int = 1000
+    max_connections: int | None = None  #: default: ``limits.max_connections`` (1000)
+    limits: ConnectionLimits = attrs.Factory(ConnectionLimits)
     shutdown_timeout: float = 30.0
     clock: Callable[[], datetime] = utc_now
     metrics: Metrics = attrs.Factory(Metrics)  #: shared by every session of this server
     reuse_port: bool = False  #: SO_REUSEPORT: several processes serve one port (--workers)
     sock: socket.socket | None = None  #: an already listening socket to serve (inherited)
+    admission: Admission[Any] | None = None  #: default: one of this server's own
     _sessions: set[Session] = attrs.field(init=False, factory=set)
     _stopping: bool = attrs.field(init=False, default=False)
     _task_group: Any = attrs.field(init=False, default=None)
@@ -119,6 +129,14 @@ class Server:
         offer_starttls = self.ssl_context is not None and not self.implicit_tls
         if offer_starttls and not self.config.starttls:
             self.config = attrs.evolve(self.config, starttls=True)
+        if self.admission is None:
+            if self.max_connections is not None:
+                self.limits = attrs.evolve(self.limits, max_connections=self.max_connections)
+            self.admission = Admission(
+                self.limits, metrics=self.metrics, exempt=self.proxy_protocol_from
+            )
+        self.limits = self.admission.limits
+        self.max_connections = self.limits.max_connections
 
     async def __aenter__(self) -> Server:
         if self.sock is not None:
@@ -216,34 +234,50 @@ class Server:
         task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, connection: Connection) -> None:
+        admission = self.admission
+        assert admission is not None
+        ticket: Ticket[Connection] | None = None
         try:
-            if len(self._sessions) >= self.max_connections or self._stopping:
+            peer = connection.peer
+            verdict = admission.admit(
+                peer[0] if peer else None, connection, time.monotonic(), stopping=self._stopping
+            )
+            if isinstance(verdict, TurnedAway):
                 with anyio.move_on_after(5):
-                    await connection.send(_REFUSE_FULL)
+                    await connection.send(verdict.data)
                 return
-            session = await self._open(connection)
+            ticket = verdict.ticket
+            if verdict.evict is not None:
+                verdict.evict.handle.interrupt()  # its loop sees ``evicted``: 421 4.4.2
+            if isinstance(connection, TransportConnection):
+                connection.ticket = ticket
+            session = await self._open(connection, admission)
             if session is None:
                 return
+            ticket.session = session
             self._sessions.add(session)
             spool = SpoolFile()
             try:
-                await self._run(session, connection, spool)
+                await self._run(session, connection, spool, ticket)
             finally:
                 spool.close()
                 self._sessions.discard(session)
         except Exception:  # one connection's bug must not stop the server
             log.exception("connection failed")
         finally:
+            if ticket is not None:
+                admission.leave(ticket)
             await connection.aclose()
 
-    async def _open(self, connection: Connection) -> Session | None:
+    async def _open(self, connection: Connection, admission: Admission[Any]) -> Session | None:
         """The connection's Session, after the TLS handshake of an implicit-TLS listener."""
         peer_address = connection.peer
         tls = None
         if self.implicit_tls:
             assert self.ssl_context is not None
+            timeout = admission.timeout(self.config.tls_handshake_timeout)
             try:
-                tls = await connection.start_tls(self.ssl_context, self.config.command_timeout)
+                tls = await connection.start_tls(self.ssl_context, timeout)
             except Exception as exc:  # the client's failure (plaintext, bad version, timeout)
                 log.info("TLS handshake with %s failed: %r", peer_address, exc)
                 self.metrics.add(tls_failures=1)
@@ -259,9 +293,12 @@ class Server:
             tls=tls,
             proxy_protocol=peer_address is not None and peer_address[0] in self.proxy_protocol_from,
             metrics=self.metrics,
+            admission=admission,
         )
 
-    async def _run(self, session: Session, connection: Connection, spool: SpoolFile) -> None:
+    async def _run(
+        self, session: Session, connection: Connection, spool: SpoolFile, ticket: Ticket[Any]
+    ) -> None:
         actions = session.start()
         while True:
             while actions:
@@ -277,7 +314,7 @@ class Server:
                     assert self.ssl_context is not None
                     try:
                         outcome: object = await connection.start_tls(
-                            self.ssl_context, self.config.command_timeout
+                            self.ssl_context, session.tls_timeout
                         )
                     except Exception as exc:
                         outcome = exc
@@ -290,13 +327,19 @@ class Server:
             idle = not session.in_transaction
             if idle:
                 self._idle[session] = connection  # a stop interrupts idle sessions
+            ticket.waiting = True  # a full server may evict us now, if we are idle
             try:
-                # What the client's next bytes lead to; [] if a stop interrupted the wait.
+                # What the client's next bytes lead to; [] if a stop or an eviction
+                # interrupted the wait.
                 more = await connection.next_actions(session, spool)
             finally:
+                ticket.waiting = False
                 if idle:
                     del self._idle[session]
-            if more is not None:
+            if ticket.evicted:  # our slot went to a newcomer while we waited, idle
+                actions = session.evict()
+            elif more is not None:
+                ticket.active_at = time.monotonic()
                 actions = more
             else:  # the session's timeout ran out
                 actions = session.shut_down() if self._stopping else session.expire()

@@ -4,6 +4,14 @@ Pure Python on the standard library and attrs: no sockets, TLS, event loops, thr
 """
 
 from ._address import AddressError, normalize_domain, parse_path, split_address
+from ._admission import (
+    Admission,
+    Admitted,
+    ConnectionLimits,
+    ConnectionRate,
+    Ticket,
+    TurnedAway,
+)
 from ._client import ClientConnection, ClientEvent, ClientState, Command, Extensions, Response
 from ._client_session import (
     TLS_MODES,
@@ -104,6 +112,8 @@ __all__ = (
     "TLS_MODES",
     "Action",
     "AddressError",
+    "Admission",
+    "Admitted",
     "AuthChallenge",
     "AuthCredentials",
     "AuthLockout",
@@ -124,6 +134,8 @@ __all__ = (
     "Command",
     "Connect",
     "ConnectionClosed",
+    "ConnectionLimits",
+    "ConnectionRate",
     "Credentials",
     "DataChunk",
     "Deliver",
@@ -186,8 +198,10 @@ __all__ = (
     "Steps",
     "TLSInfo",
     "TLSMode",
+    "Ticket",
     "TranscriptError",
     "TranscriptResult",
+    "TurnedAway",
     "UpgradeToTLS",
     "Verify",
     "WrapTLS",

@@ -51,5 +51,9 @@ class ServerConfig:
     extra_mail_params: frozenset[str] = frozenset()  #: MAIL params accepted into MailParams.extra
     extra_rcpt_params: frozenset[str] = frozenset()
     command_timeout: float = 300.0  #: waiting for a command (RFC 5321 §4.5.3.2.7)
+    #: waiting for the first EHLO/HELO/LHLO after the greeting (or after STARTTLS): a client
+    #: that means to send mail says hello at once, an idle one should not hold a slot for long
+    first_command_timeout: float = 60.0
+    tls_handshake_timeout: float = 30.0  #: a TLS handshake (implicit TLS or STARTTLS)
     data_timeout: float = 180.0  #: waiting for the next block of DATA or BDAT content
     proxy_timeout: float = 10.0  #: waiting for a PROXY header

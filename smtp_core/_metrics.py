@@ -30,6 +30,10 @@ class Metrics:
     auth_failures: int = 0
     tls_handshakes: int = 0
     tls_failures: int = 0
+    connections_refused_full: int = 0  #: 421 4.7.0: full, and no idle connection to evict
+    connections_refused_per_client: int = 0  #: 421 4.7.0: max_connections_per_client
+    connections_refused_rate: int = 0  #: 421 4.7.0: connection_rate_per_client
+    connections_evicted: int = 0  #: 421 4.4.2: closed while idle to admit a newcomer
     rejects: Counter[int] = attrs.Factory(Counter)  #: every 4xx/5xx reply sent, by code
     lock: contextlib.AbstractContextManager[object] = attrs.field(
         factory=contextlib.nullcontext, repr=False

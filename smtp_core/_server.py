@@ -232,6 +232,8 @@ class ServerConnection:
             return self.config.proxy_timeout
         if self._state is S.DATA or self._bdat_left is not None:
             return self.config.data_timeout
+        if self._state is S.INITIAL or self._state is S.REFUSED:  # no hello yet
+            return min(self.config.first_command_timeout, self.config.command_timeout)
         return self.config.command_timeout
 
     # --- bytes in, events out ---------------------------------------------------------------

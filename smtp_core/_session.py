@@ -19,6 +19,8 @@ from typing import Any, TypeAlias
 import attrs
 
 from ._address import normalize_domain
+from ._admission import R_EVICTED, Admission
+from ._admission import R_STOPPING as R_SHUTTING_DOWN
 from ._config import ServerConfig
 from ._envelope import Envelope, SessionInfo, TLSInfo
 from ._errors import RemoteProtocolError
@@ -86,7 +88,6 @@ R_TOO_MANY_AUTH_FAILURES = Reply(421, "Too many failed logins, closing connectio
 R_AUTH_LOCKED_OUT = Reply(421, "Too many failed logins from your address, try again later", "4.7.0")
 R_ACCEPTED = Reply(250, "OK: message accepted", "2.0.0")
 R_TIMEOUT = Reply(421, "Timeout, closing connection", "4.4.2")
-R_SHUTTING_DOWN = Reply(421, "Service shutting down, try again later", "4.3.2")
 _TRANSACTION_STATES = frozenset(
     {ServerState.MAIL, ServerState.RCPT, ServerState.DATA, ServerState.CHUNKING}
 )
@@ -272,9 +273,11 @@ class Session:
         tls: TLSInfo | None = None,
         proxy_protocol: bool = False,
         metrics: Metrics | None = None,
+        admission: Admission[Any] | None = None,
     ) -> None:
         config = _offering_auth(config or ServerConfig(), policy or Policy())  # AUTH by policy
         self.config = config or ServerConfig()
+        self.admission = admission  #: the server's limits: under stress, waits are shorter
         self.metrics = metrics if metrics is not None else Metrics()
         self.conn = ServerConnection(
             self.config, tls=tls is not None, proxy_protocol=proxy_protocol
@@ -303,7 +306,16 @@ class Session:
 
     @property
     def timeout(self) -> float:
-        return self.conn.timeout
+        admission = self.admission
+        if admission is None:
+            return self.conn.timeout
+        return admission.timeout(self.conn.timeout)
+
+    @property
+    def tls_timeout(self) -> float:
+        """How long a STARTTLS handshake may take (shorter under stress, too)."""
+        admission, seconds = self.admission, self.config.tls_handshake_timeout
+        return seconds if admission is None else admission.timeout(seconds)
 
     @property
     def closed(self) -> bool:
@@ -334,6 +346,10 @@ class Session:
     def shut_down(self) -> list[Action]:
         """The server is stopping: 421 4.3.2 and close (call between transactions)."""
         return self._abandon(R_SHUTTING_DOWN)
+
+    def evict(self) -> list[Action]:
+        """The full server closes this idle session for a newcomer: 421 4.4.2 and close."""
+        return self._abandon(R_EVICTED)
 
     @property
     def in_transaction(self) -> bool:

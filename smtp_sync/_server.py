@@ -13,6 +13,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
@@ -22,8 +23,10 @@ import attrs
 
 from smtp_core import (
     Action,
+    Admission,
     Call,
     Close,
+    ConnectionLimits,
     Handler,
     Metrics,
     Policy,
@@ -32,7 +35,9 @@ from smtp_core import (
     ServerConfig,
     Session,
     Spool,
+    Ticket,
     TLSInfo,
+    TurnedAway,
     UpgradeToTLS,
 )
 
@@ -41,10 +46,12 @@ from ._spool import SpoolFile, call_arguments, new_session_id, utc_now
 __all__ = ["Server"]
 
 log = logging.getLogger("smtpmux.server")
-_REFUSE_FULL = b"421 4.7.0 Too many connections, try again later\r\n"
 _MAX_IDLE_WORKERS = 16  #: threads kept waiting for the next connection
 _IDLE_SECONDS = 30.0  #: how long an idle worker waits before it ends
 _READ_SIZE = 64 * 1024  # larger reads allocate (and free) their buffer with mmap each time
+#: a TLS socket cannot be woken by shutting its read side (the TLS layer then fails, and the
+#: 421 could not be sent), so its waits are cut in slices, checked for a stop or an eviction
+_TLS_WAIT_SLICE = 1.0
 
 
 def _tls_info(sock: ssl.SSLSocket) -> TLSInfo:
@@ -55,7 +62,12 @@ def _tls_info(sock: ssl.SSLSocket) -> TLSInfo:
 @attrs.define(eq=False)
 class Server:
     """A blocking SMTP server. ``serve_forever()`` in the calling thread, or
-    ``with Server(router, port=0) as server:`` to run it in a background thread (tests)."""
+    ``with Server(router, port=0) as server:`` to run it in a background thread (tests).
+
+    A thread costs about 30 KiB, so the cap is as high as smtp_anyio's (1000); a full server
+    evicts its longest-idle connection for a newcomer (see smtp_core.Admission), so idle
+    clients cannot keep a working one out. ``limits``, ``max_connections`` and
+    ``admission`` are as in smtp_anyio.Server."""
 
     router: Router[Handler]
     host: str = "127.0.0.1"
@@ -65,27 +77,41 @@ class Server:
     ssl_context: ssl.SSLContext | None = None
     implicit_tls: bool = False
     proxy_protocol_from: frozenset[str] = frozenset()
-    max_connections: int = 200  #: threads cost ~28 KiB each; an event loop scales further
+    max_connections: int | None = None  #: default: ``limits.max_connections`` (1000)
+    limits: ConnectionLimits = attrs.Factory(ConnectionLimits)
     shutdown_timeout: float = 30.0
     clock: Callable[[], datetime] = utc_now
     metrics: Metrics = attrs.Factory(lambda: Metrics(lock=threading.Lock()))
     reuse_port: bool = False  #: SO_REUSEPORT: several processes serve one port (--workers)
     sock: socket.socket | None = None  #: an already listening socket to serve (inherited)
+    admission: Admission[socket.socket] | None = None  #: default: one of this server's own
     _listener: socket.socket | None = attrs.field(init=False, default=None)
     _sessions: dict[Session, socket.socket] = attrs.field(init=False, factory=dict)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
     _stopping: threading.Event = attrs.field(init=False, factory=threading.Event)
     _thread: threading.Thread | None = attrs.field(init=False, default=None)
     _workers: set[threading.Thread] = attrs.field(init=False, factory=set)
-    _jobs: queue.SimpleQueue[tuple[socket.socket, Any] | None] = attrs.field(
+    _jobs: queue.SimpleQueue[tuple[socket.socket, Any, Ticket[Any]] | None] = attrs.field(
         init=False, factory=queue.SimpleQueue
     )
     _idle_workers: int = attrs.field(init=False, default=0)  #: waiting in _next_job, no job yet
+    _forced: bool = attrs.field(init=False, default=False)  #: stop's deadline passed
 
     def __attrs_post_init__(self) -> None:
         _refuse_async(self.router, self.policy)
         if self.ssl_context is not None and not self.implicit_tls and not self.config.starttls:
             self.config = attrs.evolve(self.config, starttls=True)
+        if self.admission is None:
+            if self.max_connections is not None:
+                self.limits = attrs.evolve(self.limits, max_connections=self.max_connections)
+            self.admission = Admission(
+                self.limits,
+                metrics=self.metrics,
+                exempt=self.proxy_protocol_from,
+                lock=threading.Lock(),
+            )
+        self.limits = self.admission.limits
+        self.max_connections = self.limits.max_connections
 
     def bind(self) -> None:
         """Open the listening socket (``port`` becomes the bound port)."""
@@ -117,24 +143,41 @@ class Server:
                 if self._stopping.is_set():
                     break
                 raise
-            self._dispatch(sock, address)
+            self._admit(sock, address)
 
-    def _dispatch(self, sock: socket.socket, address: Any) -> None:
+    def _admit(self, sock: socket.socket, address: Any) -> None:
+        """Ask the admission here, in the acceptor: a refused client costs no thread."""
+        assert self.admission is not None
+        client = str(address[0]) if isinstance(address, tuple) else None
+        verdict = self.admission.admit(
+            client, sock, time.monotonic(), stopping=self._stopping.is_set()
+        )
+        if isinstance(verdict, TurnedAway):
+            with contextlib.suppress(OSError):
+                sock.setblocking(False)  # an empty send buffer takes it; never wait here
+                sock.send(verdict.data)
+            sock.close()
+            return
+        if verdict.evict is not None:
+            _wake(verdict.evict.handle)  # its worker sees ``evicted``: 421 4.4.2
+        self._dispatch(sock, address, verdict.ticket)
+
+    def _dispatch(self, sock: socket.socket, address: Any, ticket: Ticket[Any]) -> None:
         """Hand the connection to an idle worker thread, or start a new one. Starting a thread
         costs about as much as a whole short session, and the acceptor waits for it to run."""
         with self._lock:
             if self._idle_workers:
                 self._idle_workers -= 1
-                self._jobs.put((sock, address))
+                self._jobs.put((sock, address, ticket))
                 return
-            worker = threading.Thread(target=self._work, args=(sock, address), daemon=True)
+            worker = threading.Thread(target=self._work, args=(sock, address, ticket), daemon=True)
             self._workers.add(worker)
         worker.start()
 
-    def _work(self, sock: socket.socket, address: Any) -> None:
+    def _work(self, sock: socket.socket, address: Any, ticket: Ticket[Any]) -> None:
         """Serve connections: this one, then whatever ``_dispatch`` hands over while this
         thread waits idle (at most ``_MAX_IDLE_WORKERS`` wait, each up to ``_IDLE_SECONDS``)."""
-        job: tuple[socket.socket, Any] | None = (sock, address)
+        job: tuple[socket.socket, Any, Ticket[Any]] | None = (sock, address, ticket)
         try:
             while job is not None:
                 self._guarded(*job)
@@ -147,7 +190,7 @@ class Server:
             with self._lock:
                 self._workers.discard(threading.current_thread())
 
-    def _next_job(self) -> tuple[socket.socket, Any] | None:
+    def _next_job(self) -> tuple[socket.socket, Any, Ticket[Any]] | None:
         while True:
             try:
                 return self._jobs.get(timeout=_IDLE_SECONDS)
@@ -192,30 +235,29 @@ class Server:
             while worker.is_alive() and not deadline.is_set():
                 worker.join(0.05)
         timer.cancel()
+        self._forced = True
         with self._lock:
             for sock in self._sessions.values():
                 _wake(sock)
 
-    def _guarded(self, sock: socket.socket, address: Any) -> None:
+    def _guarded(self, sock: socket.socket, address: Any, ticket: Ticket[Any]) -> None:
+        assert self.admission is not None
         try:
-            self._connection(sock, address)
+            self._connection(sock, address, ticket)
         except Exception:
             log.exception("connection failed")
         finally:
+            self.admission.leave(ticket)
             sock.close()
 
-    def _connection(self, sock: socket.socket, address: Any) -> None:
-        with self._lock:
-            full = len(self._sessions) >= self.max_connections or self._stopping.is_set()
-        if full:
-            sock.settimeout(5)
-            sock.sendall(_REFUSE_FULL)
-            return
+    def _connection(self, sock: socket.socket, address: Any, ticket: Ticket[Any]) -> None:
         peer = (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
         tls = None
         if self.implicit_tls:
+            assert self.admission is not None
+            timeout = self.admission.timeout(self.config.tls_handshake_timeout)
             try:
-                sock = self._handshake(sock)
+                sock = self._handshake(sock, timeout)
             except OSError as exc:  # the client's failure (plaintext, bad version, timeout)
                 log.info("TLS handshake with %s failed: %r", peer, exc)
                 self.metrics.add(tls_failures=1)
@@ -232,23 +274,29 @@ class Server:
             tls=tls,
             proxy_protocol=peer is not None and peer[0] in self.proxy_protocol_from,
             metrics=self.metrics,
+            admission=self.admission,
         )
+        ticket.handle, ticket.session = sock, session
         with self._lock:
             self._sessions[session] = sock
         spool = SpoolFile()
         try:
-            self._run(session, sock, spool)
+            self._run(session, sock, spool, ticket)
         finally:
             spool.close()
             with self._lock:
                 self._sessions.pop(session, None)
 
-    def _handshake(self, sock: socket.socket) -> ssl.SSLSocket:
+    def _handshake(self, sock: socket.socket, timeout: float) -> ssl.SSLSocket:
         assert self.ssl_context is not None
-        sock.settimeout(self.config.command_timeout)
+        sock.settimeout(timeout)
         return self.ssl_context.wrap_socket(sock, server_side=True)
 
-    def _run(self, session: Session, sock: socket.socket, spool: SpoolFile) -> None:
+    def _run(
+        self, session: Session, sock: socket.socket, spool: SpoolFile, ticket: Ticket[Any]
+    ) -> None:
+        assert self.admission is not None
+        admission_lock = self.admission.lock
         actions: deque[Action] = deque(session.start())
         timeout, timed = 0.0, None  # the timeout applied to the socket ``timed``
         while True:
@@ -265,10 +313,12 @@ class Server:
                     return
                 elif isinstance(action, UpgradeToTLS):
                     try:
-                        sock = self._handshake(sock)
+                        sock = self._handshake(sock, session.tls_timeout)
                         outcome: object = _tls_info(sock)
                         with self._lock:
                             self._sessions[session] = sock
+                        with admission_lock:
+                            ticket.handle = sock
                     except (OSError, ssl.SSLError) as exc:
                         outcome = exc
                     actions.extend(session.resolve(action, outcome))
@@ -280,20 +330,55 @@ class Server:
             if session.timeout != timeout or sock is not timed:
                 timeout, timed = session.timeout, sock
                 _apply_timeout(sock, timeout)
+            ticket.waiting = True  # a full server may evict us now, if we are idle
+            ended: Callable[[], list[Action]] | None = None  # the wait ended without data
             try:
-                data = sock.recv(_READ_SIZE)
+                if isinstance(sock, ssl.SSLSocket):
+                    data = self._receive_tls(sock, session, ticket, timeout)
+                else:
+                    data = sock.recv(_READ_SIZE)
             except (TimeoutError, BlockingIOError):  # BlockingIOError: SO_RCVTIMEO ran out
-                actions.extend(session.expire())
-                continue
+                ended, data = session.expire, b""
             except OSError:
-                if self._stopping.is_set():
-                    actions.extend(session.shut_down())
-                    continue
+                ended = session.shut_down if self._stopping.is_set() else None
                 data = b""
+            with admission_lock:  # the acceptor decides evictions under this lock
+                ticket.waiting = False
+                if ticket.evicted:  # our slot went to a newcomer while we waited, idle
+                    ended = session.evict
+            if ended is not None:
+                actions.extend(ended())
+                continue
+            ticket.active_at = time.monotonic()
             if not data and self._stopping.is_set():  # stop() shut our read side: say 421
                 actions.extend(session.shut_down())
                 continue
             actions.extend(session.receive_data(data))
+
+    def _receive_tls(
+        self, sock: ssl.SSLSocket, session: Session, ticket: Ticket[Any], timeout: float
+    ) -> bytes:
+        """``sock.recv`` in slices of ``_TLS_WAIT_SLICE``; b"" (as at the client's end) when
+        a stop or an eviction wants the wait to end, TimeoutError after ``timeout``."""
+        if timeout <= _TLS_WAIT_SLICE:
+            return sock.recv(_READ_SIZE)
+        deadline = time.monotonic() + timeout
+        sock.settimeout(_TLS_WAIT_SLICE)
+        try:
+            while True:
+                try:
+                    return sock.recv(_READ_SIZE)  # a timeout mid-record keeps the TLS state
+                except TimeoutError:
+                    if ticket.evicted or (
+                        self._stopping.is_set() and (self._forced or not session.in_transaction)
+                    ):
+                        return b""
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise
+                    sock.settimeout(min(left, _TLS_WAIT_SLICE))
+        finally:
+            sock.settimeout(timeout)
 
 
 def _is_async(function: object) -> bool:
@@ -357,6 +442,10 @@ def _call(action: Call, spool: SpoolFile) -> object:
 
 
 def _wake(sock: socket.socket) -> None:
-    """Make a thread blocked in recv() on ``sock`` return."""
+    """Make a thread blocked in recv() on ``sock`` return, as at the client's end; the way
+    back stays open for the 421 that follows. A TLS socket's wait notices by itself within
+    ``_TLS_WAIT_SLICE`` (after a shut read side its TLS layer could send nothing more)."""
+    if isinstance(sock, ssl.SSLSocket):
+        return
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RD)

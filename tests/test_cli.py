@@ -493,6 +493,56 @@ def test_timeout(smtpmux: Start) -> None:
     stopped_cleanly(server)
 
 
+def test_connection_limits(smtpmux: Start, tmp_path: Path) -> None:
+    """--max-connections and --max-connections-per-client, and eviction when full."""
+    server = smtpmux(
+        "serve", "--listen", "127.0.0.1:0", "--max-connections", "2",
+        "--max-connections-per-client", "1",
+    )  # fmt: skip
+    [port] = server.listening()
+    with connect_from("127.0.0.1", port) as first, first.makefile("rb") as first_reader:
+        assert first_reader.readline().startswith(b"220 ")
+        with connect_from("127.0.0.1", port) as second:  # one per client
+            assert second.recv(100) == b"421 4.7.0 Too many connections from your address\r\n"
+        with connect_from("127.0.0.2", port) as other, other.makefile("rb") as other_reader:
+            assert other_reader.readline().startswith(b"220 ")  # now full (2)
+            # A working client still gets in: the longest-idle connection makes room.
+            with smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=("127.0.0.3", 0)) as c:
+                c.sendmail("a@example.org", ["b@example.com"], MESSAGE)
+            assert first_reader.readline() == b"421 4.4.2 Server busy, closing idle connection\r\n"
+    assert len(maildir(tmp_path / "mail")) == 1
+    stopped_cleanly(server)
+
+
+def test_connection_rate(smtpmux: Start) -> None:
+    """--connection-rate-per-client N/PERIOD (and --max-connections-per-client 0: no limit)."""
+    server = smtpmux(
+        "serve", "--listen", "127.0.0.1:0", "--connection-rate-per-client", "2/1h",
+        "--max-connections-per-client", "0",
+    )  # fmt: skip
+    [port] = server.listening()
+    with connect_from("127.0.0.1", port) as one, connect_from("127.0.0.1", port) as two:
+        assert one.recv(100).startswith(b"220 ") and two.recv(100).startswith(b"220 ")
+        with connect_from("127.0.0.1", port) as three:
+            assert three.recv(100) == (
+                b"421 4.7.0 Too many new connections from your address, try again later\r\n"
+            )
+        with connect_from("127.0.0.2", port) as other:
+            assert other.recv(100).startswith(b"220 ")
+    stopped_cleanly(server)
+
+
+def connect_from(source: str, port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+
+
+def test_a_bad_limit_names_its_option(tmp_path: Path) -> None:
+    done = run("serve", "--connection-rate-per-client", "30/fortnight", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "--connection-rate-per-client" in done.stderr and "30/fortnight" in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
 # --- bad options -----------------------------------------------------------------------------
 
 
@@ -538,6 +588,23 @@ BAD_OPTIONS: list[tuple[str, list[str], list[str]]] = [
     ("bad-size", ["--max-message-size", "lots"], ["--max-message-size", "lots"]),
     ("zero-recipients", ["--max-recipients", "0"], ["--max-recipients", "'0'"]),
     ("bad-timeout", ["--timeout", "0"], ["--timeout", "'0'"]),
+    ("zero-max-connections", ["--max-connections", "0"], ["--max-connections", "'0'"]),
+    (
+        "negative-per-client",
+        ["--max-connections-per-client", "-1"],
+        ["--max-connections-per-client", "'-1'"],
+    ),
+    (
+        "bad-rate",
+        ["--connection-rate-per-client", "fast"],
+        ["--connection-rate-per-client", "fast"],
+    ),
+    (
+        "bad-rate-period",
+        ["--connection-rate-per-client", "30/60"],
+        ["--connection-rate-per-client", "30/60"],
+    ),
+    ("zero-rate", ["--connection-rate-per-client", "0/m"], ["--connection-rate-per-client", "0/m"]),
     ("unknown-option", ["--frobnicate"], ["--frobnicate"]),
     ("maildir-is-a-file", ["--maildir", "{users}"], ["--maildir", "{users}"]),
 ]

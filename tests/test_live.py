@@ -332,8 +332,12 @@ def test_idle_timeout(kind: str, router: Router[Any]) -> None:
 
 
 def test_connection_cap(kind: str, router: Router[Any]) -> None:
+    """Full, and the one connection is inside a transaction: nobody to evict, so 421 4.7.0.
+    (tests/test_limits.py has the eviction of idle connections.)"""
     with running(kind, router, max_connections=1) as server, raw(server.port) as first:
         assert read_replies(first, 1)[0][:3] == b"220"
+        first.sendall(b"EHLO c.example\r\nMAIL FROM:<a@example.org>\r\n")
+        assert [line[:3] for line in read_replies(first, 2)] == [b"250", b"250"]
         with raw(server.port) as second:
             assert read_replies(second, 1)[0][:9] == b"421 4.7.0"
 

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import smtplib
+import socket
 import ssl
 import time
 import urllib.request
@@ -155,6 +156,28 @@ def test_workers_both_take_connections(start: type[Supervised], tmp_path: Path) 
     assert len(ids) == 24
     serving = {pid for pid in pids if any(i.startswith(f"{pid:x}".encode()) for i in ids)}
     assert serving == pids  # 24 connections over SO_REUSEPORT: one-in-8-million to miss one
+    assert server.stop(10) == 0
+
+
+def test_workers_each_count_their_own_connections(start: type[Supervised]) -> None:
+    """--connection-rate-per-client with --workers 2: each worker admits its own 3 an hour, so
+    40 attempts from one address get exactly 6 greetings (unless the kernel gave one worker
+    fewer than 3 of the 40: about one chance in 10^9)."""
+    metrics_port = free_port()
+    server = start(
+        "serve", "--workers", "2", "--listen", "127.0.0.1:0", "--discard",
+        "--connection-rate-per-client", "3/1h", "--max-connections", "10",
+        "--max-connections-per-client", "5", "--metrics", f"127.0.0.1:{metrics_port}",
+    )  # fmt: skip
+    [port] = server.listening()
+    greetings = 0
+    for _ in range(40):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            first = sock.recv(100)
+            assert first.startswith((b"220 ", b"421 4.7.0 Too many new connections"))
+            greetings += first.startswith(b"220 ")
+    assert greetings == 6
+    wait_until(lambda: scrape(metrics_port).get("smtpmux_connections_refused_rate_total") == 34)
     assert server.stop(10) == 0
 
 

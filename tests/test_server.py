@@ -616,7 +616,9 @@ def test_client_vanishing_mid_data() -> None:
 @pytest.mark.parametrize(
     ("script", "state", "timeout"),
     [
-        (b"", ServerState.INITIAL, 300.0),
+        (b"", ServerState.INITIAL, 60.0),
+        (b"NOOP\r\n", ServerState.INITIAL, 60.0),
+        (b"EHLO c\r\n", ServerState.READY, 300.0),
         (
             b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n",
             ServerState.DATA,
@@ -628,7 +630,7 @@ def test_client_vanishing_mid_data() -> None:
             180.0,
         ),
     ],
-    ids=["command", "data", "bdat chunk"],
+    ids=["first command", "first command after noop", "command", "data", "bdat chunk"],
 )
 def test_timeout_that_applies(script: bytes, state: ServerState, timeout: float) -> None:
     driver = Driver()
