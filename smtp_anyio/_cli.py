@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import getpass
+import importlib.metadata
+import io
 import logging
 import os
 import signal
@@ -40,6 +43,7 @@ from smtp_core import (
     SessionInfo,
     SMTPError,
     SMTPNotSupported,
+    format_host_port,
     format_reply,
     parse_path,
     prepare_message,
@@ -54,6 +58,10 @@ from ._server import Server
 from ._workers import MetricsBoard, share_listeners, supervise
 
 __all__ = ["main"]
+
+#: What ``serve`` says about itself (listening, stopping, why it cannot start): plain
+#: ``smtpmux: ...`` lines in text mode, JSON objects like every other line with --log-format json.
+status = logging.getLogger("smtpmux.cli")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,8 +107,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _version() -> str:
+    """The installed distribution's version; a bare checkout on PYTHONPATH has none."""
+    try:
+        return importlib.metadata.version("smtpmux")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="smtpmux", description="SMTP server and client toolkit")
+    parser.add_argument("--version", action="version", version=f"smtpmux {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     serve = commands.add_parser(
         "serve", help="run an SMTP server (default: 127.0.0.1:8025 -> ./mail)"
@@ -225,12 +242,48 @@ def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
         if args.tls_key or args.tls_listen:
             raise UsageError("--tls-key and --tls-listen need --tls-cert")
         return None
+    cert = _pem_file("--tls-cert", args.tls_cert)
+    if "-----BEGIN CERTIFICATE-----" not in cert:
+        raise UsageError(f"--tls-cert {args.tls_cert} holds no PEM certificate")
+    key_option, key_file = ("--tls-key", args.tls_key) if args.tls_key else ("--tls-cert", None)
+    key = _pem_file("--tls-key", args.tls_key) if args.tls_key else cert
+    where = f"{key_option} {key_file or args.tls_cert}"
+    if "PRIVATE KEY-----" not in key:
+        if key_file is None:
+            raise UsageError(
+                f"--tls-cert {args.tls_cert} holds no private key: give it with --tls-key FILE "
+                "(or append the key to the certificate file)"
+            )
+        raise UsageError(f"{where} holds no PEM private key")
+    if "ENCRYPTED" in key:  # OpenSSL would prompt on a terminal a service does not have
+        raise UsageError(f"the private key in {where} is encrypted: decrypt it with openssl pkey")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(args.tls_cert, args.tls_key)
-    except (OSError, ssl.SSLError) as exc:
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            problem = f"the private key in {where} does not belong to the certificate"
+        else:  # OpenSSL says only "PEM lib": find out which file it could not read
+            try:
+                ssl.create_default_context(cafile=args.tls_cert)  # the certificates alone
+            except ssl.SSLError:
+                problem = f"--tls-cert {args.tls_cert} holds a certificate that cannot be read"
+            else:
+                problem = f"the private key in {where} cannot be read"
+            problem += " (damaged PEM, or a kind OpenSSL does not know)"
+        raise UsageError(f"cannot load the TLS certificate: {problem}") from None
+    except OSError as exc:
         raise UsageError(f"cannot load TLS certificate {args.tls_cert}: {exc}") from None
     return context
+
+
+def _pem_file(option: str, path: str) -> str:
+    """The text of a PEM file, or a UsageError that names the option, the file and why."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as file:
+            return file.read(1024 * 1024)
+    except OSError as exc:
+        raise UsageError(f"cannot read {option} {path}: {exc.strerror or exc}") from None
 
 
 async def _discard(envelope: Envelope) -> None:
@@ -276,7 +329,7 @@ def _servers(args: argparse.Namespace) -> list[dict[str, Any]]:
         policy = Policy(**limits)
     router: Router[Any] = Router()
     handler = _handler(args)
-    router.add("*@*", _debugging(handler) if args.debug else handler)
+    router.add("*@*", _debugging(handler, args.log_format) if args.debug else handler)
     common = {
         "router": router,
         "config": config,
@@ -300,11 +353,20 @@ class _ThreadedAuthFilePolicy(AuthFilePolicy):
         return await anyio.to_thread.run_sync(self.check, credentials)
 
 
-def _debugging(handler: Any) -> Any:
+def _debugging(handler: Any, log_format: str) -> Any:
+    """--debug prints each message; with --log-format json as one record, like every line."""
     printer = Printer(sys.stderr)
 
     def deliver(envelope: Any) -> None:
-        printer(envelope)
+        if log_format == "json":
+            text = io.StringIO()
+            Printer(text)(envelope)
+            extra = {"session_id": envelope.session_id}
+            logging.getLogger("smtpmux.message").debug(
+                "%s", text.getvalue().rstrip("\n"), extra=extra
+            )
+        else:
+            printer(envelope)
         handler(envelope)
 
     return deliver
@@ -321,7 +383,7 @@ class _Process:
 
     servers: list[dict[str, Any]]
     reloader: Reloader
-    announce: bool = True  #: print the "listening on" lines (the supervisor does for workers)
+    announce: bool = True  #: say "listening on" and "stopping" (the supervisor does for workers)
     ready: Callable[[], None] = lambda: None
     tick: Callable[[], bool] = lambda: True
 
@@ -332,7 +394,10 @@ async def _serve_anyio(process: _Process) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with contextlib.AsyncExitStack() as stack:  # leaving it stops every server
             for options in process.servers:
-                server = await stack.enter_async_context(Server(**options))
+                try:
+                    server = await stack.enter_async_context(Server(**options))
+                except OSError as exc:
+                    raise _cannot_listen(options, exc) from None
                 if process.announce:
                     _announce(server.host, server.port, server.implicit_tls)
             process.ready()
@@ -349,15 +414,17 @@ async def _serve_anyio(process: _Process) -> None:
                         break
                     process.reloader.reload()
                 tasks.cancel_scope.cancel()
-            print("smtpmux: stopping", file=sys.stderr, flush=True)
+            if process.announce:
+                status.info("stopping")
     process.tick()  # the final counts, once every session has ended
 
 
 def _announce(host: str, port: int, implicit_tls: bool) -> None:
-    """The line that says the server is ready, with the bound port (also for ``:0``)."""
-    shown = f"[{host}]" if ":" in host else host
+    """The line that says the server is ready, with the bound port (also for ``:0``): once
+    per listener (the servers themselves log no "listening" line)."""
+    listener = format_host_port(host, port)
     tls = " (implicit TLS)" if implicit_tls else ""
-    print(f"smtpmux: listening on {shown}:{port}{tls}", file=sys.stderr, flush=True)
+    status.info("listening on %s%s", listener, tls, extra={"listener": listener})
 
 
 def _serve_sync(process: _Process) -> None:
@@ -368,7 +435,8 @@ def _serve_sync(process: _Process) -> None:
         if stopping.is_set():  # a second signal while stopping changes nothing
             return
         stopping.set()
-        print("smtpmux: stopping", file=sys.stderr, flush=True)
+        if process.announce:
+            status.info("stopping")
 
         def stop_all() -> None:
             for server in running:
@@ -380,8 +448,11 @@ def _serve_sync(process: _Process) -> None:
     signal.signal(signal.SIGINT, stop)  # before "listening on": see _serve_anyio
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGHUP, lambda signum, frame: process.reloader.reload())
-    for server in running:
-        server.bind()
+    for server, options in zip(running, process.servers, strict=True):
+        try:
+            server.bind()
+        except OSError as exc:
+            raise _cannot_listen(options, exc) from None
         if process.announce:
             _announce(server.host, server.port, server.implicit_tls)
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in running]
@@ -392,6 +463,25 @@ def _serve_sync(process: _Process) -> None:
         if not process.tick():
             stop(signal.SIGTERM, None)
     process.tick()
+
+
+#: what to do about the usual reasons a listener cannot be opened (errno name -> hint)
+_LISTEN_HINTS = {
+    "EADDRINUSE": "is another server listening there? Stop it, or choose another port "
+    "with --listen HOST:PORT",
+    "EACCES": "ports below 1024 need root or CAP_NET_BIND_SERVICE; or let systemd open the "
+    "port (socket activation, see docs/deployment.md)",
+    "EADDRNOTAVAIL": "is that an address of this machine? 0.0.0.0 or [::] listen on all",
+}
+
+
+def _cannot_listen(options: dict[str, Any], exc: OSError) -> UsageError:
+    """``cannot listen on [::1]:25: address already in use (what to do)``."""
+    where = format_host_port(options["host"], options["port"])
+    name = errno.errorcode.get(exc.errno or 0, "")
+    reason = (exc.strerror or str(exc)).lower() if exc.errno else str(exc)
+    hint = _LISTEN_HINTS.get(name)
+    return UsageError(f"cannot listen on {where}: {reason}" + (f" ({hint})" if hint else ""))
 
 
 def _run(process: _Process, backend: str) -> None:
@@ -415,6 +505,11 @@ def _configure_logging(args: argparse.Namespace) -> None:
         handler.setFormatter(JSONFormatter())
     else:
         handler.setFormatter(TextFormatter())
+        plain = logging.StreamHandler(sys.stderr)
+        plain.setFormatter(logging.Formatter("smtpmux: %(message)s"))
+        status.addHandler(plain)
+        status.propagate = False
+    status.setLevel(logging.INFO)  # "listening on" is said even with --quiet
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, handlers=[handler])
 
@@ -440,17 +535,27 @@ def _serve(args: argparse.Namespace) -> int:
             if endpoint is not None:
                 endpoint.stop()
     except UsageError as exc:
-        print(f"smtpmux: {exc}", file=sys.stderr)
+        status.error("%s", exc)
         return 2
-    except OSError as exc:  # e.g. the port is taken
-        print(f"smtpmux: {exc}", file=sys.stderr)
+    except OSError as exc:
+        status.error("%s", exc)
         return 2
     return 0
 
 
 def _supervise(args: argparse.Namespace, servers: list[dict[str, Any]], reloader: Reloader) -> int:
     """``--workers N``: fork N copies of this server; they share the listening ports."""
-    held = share_listeners(servers)
+    held: list[Any] = []
+    try:
+        for options in servers:
+            try:
+                held += share_listeners([options])
+            except OSError as exc:
+                raise _cannot_listen(options, exc) from None
+    except UsageError:
+        for sock in held:
+            sock.close()
+        raise
     board = MetricsBoard(args.workers)
     endpoint = None
     if args.metrics:

@@ -20,7 +20,6 @@ import select
 import signal
 import socket
 import struct
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +31,7 @@ from smtp_core import Metrics
 __all__ = ["MetricsBoard", "share_listeners", "supervise"]
 
 log = logging.getLogger("smtpmux.server")
+status = logging.getLogger("smtpmux.cli")  #: the command line's own lines (see _cli.py)
 
 #: A worker: ``run(number, ready)`` serves, calls ``ready()`` once listening, returns its exit code.
 Worker = Callable[[int, Callable[[], None]], int]
@@ -145,11 +145,13 @@ def supervise(
             finally:
                 os._exit(code)
         children[pid] = (number, time.monotonic())
-        print(f"smtpmux: worker {number} started (pid {pid})", file=sys.stderr, flush=True)
+        status.info("worker %d started (pid %d)", number, pid, extra={"worker": number, "pid": pid})
 
     def forward(signum: int, frame: object) -> None:
         nonlocal stopping
         if signum != signal.SIGHUP:
+            if not stopping:
+                status.info("stopping")
             stopping = True
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
@@ -171,7 +173,7 @@ def supervise(
     quick_deaths = 0
     while children:
         try:
-            pid, status = os.waitpid(-1, 0)
+            pid, status_code = os.waitpid(-1, 0)
         except ChildProcessError:
             break
         number, started = children.pop(pid, (0, 0.0))
@@ -180,18 +182,32 @@ def supervise(
         if stopping or not number:
             continue
         quick_deaths = quick_deaths + 1 if time.monotonic() - started < _QUICK_DEATH else 0
-        print(
-            f"smtpmux: worker {number} (pid {pid}) exited with status {status}; restarting",
-            file=sys.stderr,
-            flush=True,
+        status.warning(
+            "worker %d (pid %d) %s; restarting",
+            number,
+            pid,
+            _how_it_ended(status_code),
+            extra={"worker": number, "pid": pid},
         )
         if quick_deaths >= _MAX_QUICK_DEATHS:
-            print("smtpmux: workers keep dying at start; stopping", file=sys.stderr, flush=True)
+            status.error("workers keep dying at start; stopping")
             forward(signal.SIGTERM, None)
             _reap_all(children)
             return 1
         spawn(number)
     return 0
+
+
+def _how_it_ended(wait_status: int) -> str:
+    """``exited with code 1`` or ``was killed by signal 9 (SIGKILL)``."""
+    code = os.waitstatus_to_exitcode(wait_status)
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        return f"was killed by signal {-code}"
+    return f"was killed by signal {-code} ({name})"
 
 
 def _signal_ready(fd: int) -> None:
@@ -206,13 +222,13 @@ def _await_ready(pipe: int, workers: int, children: dict[int, tuple[int, float]]
     try:
         while seen < workers:
             for pid in list(children):
-                done, status = os.waitpid(pid, os.WNOHANG)
+                done, wait_status = os.waitpid(pid, os.WNOHANG)
                 if done:
                     children.pop(pid)
-                    return os.waitstatus_to_exitcode(status) or 1
+                    return os.waitstatus_to_exitcode(wait_status) or 1
             left = deadline - time.monotonic()
             if left <= 0:
-                print("smtpmux: workers did not start in time", file=sys.stderr, flush=True)
+                status.error("workers did not start in %d seconds", _STARTUP_TIMEOUT)
                 return 1
             readable, _, _ = select.select([pipe], [], [], min(left, 0.1))
             if readable:
