@@ -52,6 +52,7 @@ from smtp_sync import Server as SyncServer
 from smtp_sync._auth_file import AuthFilePolicy, hash_password, load_auth_file
 from smtp_sync.handlers import Discard, EmlDirectory, Maildir, Printer
 
+from . import _systemd
 from ._client import connect
 from ._operations import JSONFormatter, MetricsEndpoint, Reloader, TextFormatter
 from ._server import Server
@@ -337,12 +338,45 @@ def _servers(args: argparse.Namespace) -> list[dict[str, Any]]:
         "proxy_protocol_from": frozenset(args.proxy_protocol),
         "metrics": Metrics(lock=threading.Lock()),  # one per process, read by --metrics
     }
+    inherited = _inherited(args, context)
+    if inherited:
+        return [{**common, **options, "ssl_context": context} for options in inherited]
     plain = args.listen or ([] if args.tls_listen else [("127.0.0.1", 8025)])
     servers = [{**common, "host": h, "port": p, "ssl_context": context} for h, p in plain]
     servers += [
         {**common, "host": h, "port": p, "ssl_context": context, "implicit_tls": True}
         for h, p in args.tls_listen
     ]
+    return servers
+
+
+def _inherited(args: argparse.Namespace, context: ssl.SSLContext | None) -> list[dict[str, Any]]:
+    """Socket activation: the listeners systemd opened (LISTEN_FDS), served instead of
+    binding. A socket named ``smtps`` or ``submissions`` (FileDescriptorName=) is implicit
+    TLS; every other one is plain SMTP, with STARTTLS when a certificate is given."""
+    try:
+        listeners = _systemd.inherited_listeners()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not listeners:
+        return []
+    if args.listen or args.tls_listen:
+        raise UsageError(
+            "systemd passed listening sockets (LISTEN_FDS): drop --listen and --tls-listen, "
+            "the socket unit's ListenStream= lines say where to listen"
+        )
+    servers = []
+    for listener in listeners:
+        if listener.implicit_tls and context is None:
+            raise UsageError(f"the socket named {listener.name} (implicit TLS) needs --tls-cert")
+        servers.append(
+            {
+                "host": listener.host,
+                "port": listener.port,
+                "sock": listener.sock,
+                "implicit_tls": listener.implicit_tls,
+            }
+        )
     return servers
 
 
@@ -412,11 +446,26 @@ async def _serve_anyio(process: _Process) -> None:
                 async for signum in signals:
                     if signum != signal.SIGHUP:
                         break
-                    process.reloader.reload()
+                    _reload(process.reloader)
                 tasks.cancel_scope.cancel()
             if process.announce:
                 status.info("stopping")
+                _systemd.notify("STOPPING=1")
     process.tick()  # the final counts, once every session has ended
+
+
+def _reload(reloader: Reloader) -> None:
+    """SIGHUP: the reload, between RELOADING=1 and READY=1 for systemd."""
+    _systemd.notify(_systemd.reloading())
+    try:
+        reloader.reload()
+    finally:
+        _systemd.notify("READY=1")
+
+
+def _ready() -> None:
+    """Every listener accepts connections: tell systemd (Type=notify)."""
+    _systemd.notify("READY=1")
 
 
 def _announce(host: str, port: int, implicit_tls: bool) -> None:
@@ -437,6 +486,7 @@ def _serve_sync(process: _Process) -> None:
         stopping.set()
         if process.announce:
             status.info("stopping")
+            _systemd.notify("STOPPING=1")
 
         def stop_all() -> None:
             for server in running:
@@ -447,7 +497,7 @@ def _serve_sync(process: _Process) -> None:
 
     signal.signal(signal.SIGINT, stop)  # before "listening on": see _serve_anyio
     signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGHUP, lambda signum, frame: process.reloader.reload())
+    signal.signal(signal.SIGHUP, lambda signum, frame: _reload(process.reloader))
     for server, options in zip(running, process.servers, strict=True):
         try:
             server.bind()
@@ -530,7 +580,7 @@ def _serve(args: argparse.Namespace) -> int:
             endpoint = MetricsEndpoint(metrics.render_prometheus, *args.metrics)
             endpoint.start()
         try:
-            _run(_Process(servers, reloader), args.backend)
+            _run(_Process(servers, reloader, ready=_ready), args.backend)
         finally:
             if endpoint is not None:
                 endpoint.stop()
@@ -564,6 +614,7 @@ def _supervise(args: argparse.Namespace, servers: list[dict[str, Any]], reloader
     supervisor = os.getpid()
 
     def worker(number: int, ready: Callable[[], None]) -> int:
+        os.environ.pop("NOTIFY_SOCKET", None)  # the supervisor speaks to systemd for all
         if endpoint is not None:
             endpoint.close_inherited()
         metrics: Metrics = servers[0]["metrics"]
@@ -578,6 +629,7 @@ def _supervise(args: argparse.Namespace, servers: list[dict[str, Any]], reloader
     def announce() -> None:
         for options in servers:
             _announce(options["host"], options["port"], options.get("implicit_tls", False))
+        _ready()  # every worker is listening
 
     try:
         return supervise(args.workers, worker, announce, board)

@@ -28,6 +28,8 @@ import attrs
 
 from smtp_core import Metrics
 
+from . import _systemd
+
 __all__ = ["MetricsBoard", "share_listeners", "supervise"]
 
 log = logging.getLogger("smtpmux.server")
@@ -97,6 +99,8 @@ def share_listeners(servers: list[dict[str, Any]]) -> list[socket.socket]:
     reuse_port = hasattr(socket, "SO_REUSEPORT")
     held = []
     for options in servers:
+        if options.get("sock") is not None:  # inherited from systemd: the forks share it
+            continue
         host = options["host"]
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -149,13 +153,17 @@ def supervise(
 
     def forward(signum: int, frame: object) -> None:
         nonlocal stopping
-        if signum != signal.SIGHUP:
-            if not stopping:
-                status.info("stopping")
+        if signum == signal.SIGHUP:
+            _systemd.notify(_systemd.reloading())  # each worker reloads on its own
+        elif not stopping:
+            status.info("stopping")
+            _systemd.notify("STOPPING=1")
             stopping = True
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
+        if signum == signal.SIGHUP:
+            _systemd.notify("READY=1")
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
