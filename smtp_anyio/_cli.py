@@ -427,13 +427,14 @@ async def _serve_anyio(process: _Process) -> None:
     # sends SIGTERM as soon as it reads that line always gets the graceful stop and exit code 0.
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with contextlib.AsyncExitStack() as stack:  # leaving it stops every server
+            servers = []
             for options in process.servers:
                 try:
-                    server = await stack.enter_async_context(Server(**options))
+                    servers.append(await stack.enter_async_context(Server(**options)))
                 except OSError as exc:
                     raise _cannot_listen(options, exc) from None
-                if process.announce:
-                    _announce(server.host, server.port, server.implicit_tls)
+            for server in servers if process.announce else ():  # all of them, or none
+                _announce(server.host, server.port, server.implicit_tls)
             process.ready()
             async with anyio.create_task_group() as tasks:
 
@@ -503,8 +504,8 @@ def _serve_sync(process: _Process) -> None:
             server.bind()
         except OSError as exc:
             raise _cannot_listen(options, exc) from None
-        if process.announce:
-            _announce(server.host, server.port, server.implicit_tls)
+    for server in running if process.announce else ():  # all of them, or none
+        _announce(server.host, server.port, server.implicit_tls)
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in running]
     for thread in threads:
         thread.start()
@@ -518,20 +519,29 @@ def _serve_sync(process: _Process) -> None:
 #: what to do about the usual reasons a listener cannot be opened (errno name -> hint)
 _LISTEN_HINTS = {
     "EADDRINUSE": "is another server listening there? Stop it, or choose another port "
-    "with --listen HOST:PORT",
+    "with {option} HOST:PORT",
     "EACCES": "ports below 1024 need root or CAP_NET_BIND_SERVICE; or let systemd open the "
     "port (socket activation, see docs/deployment.md)",
     "EADDRNOTAVAIL": "is that an address of this machine? 0.0.0.0 or [::] listen on all",
 }
 
 
-def _cannot_listen(options: dict[str, Any], exc: OSError) -> UsageError:
+def _cannot_listen(options: dict[str, Any], exc: OSError, option: str = "") -> UsageError:
     """``cannot listen on [::1]:25: address already in use (what to do)``."""
     where = format_host_port(options["host"], options["port"])
+    option = option or ("--tls-listen" if options.get("implicit_tls") else "--listen")
     name = errno.errorcode.get(exc.errno or 0, "")
     reason = (exc.strerror or str(exc)).lower() if exc.errno else str(exc)
-    hint = _LISTEN_HINTS.get(name)
+    hint = _LISTEN_HINTS.get(name, "").format(option=option)
     return UsageError(f"cannot listen on {where}: {reason}" + (f" ({hint})" if hint else ""))
+
+
+def _metrics_endpoint(render: Callable[[], str], args: argparse.Namespace) -> MetricsEndpoint:
+    host, port = args.metrics
+    try:
+        return MetricsEndpoint(render, host, port)
+    except OSError as exc:
+        raise _cannot_listen({"host": host, "port": port}, exc, "--metrics") from None
 
 
 def _run(process: _Process, backend: str) -> None:
@@ -577,7 +587,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics: Metrics = first["metrics"]
         endpoint = None
         if args.metrics:
-            endpoint = MetricsEndpoint(metrics.render_prometheus, *args.metrics)
+            endpoint = _metrics_endpoint(metrics.render_prometheus, args)
             endpoint.start()
         try:
             _run(_Process(servers, reloader, ready=_ready), args.backend)
@@ -609,7 +619,7 @@ def _supervise(args: argparse.Namespace, servers: list[dict[str, Any]], reloader
     board = MetricsBoard(args.workers)
     endpoint = None
     if args.metrics:
-        endpoint = MetricsEndpoint(lambda: board.total().render_prometheus(), *args.metrics)
+        endpoint = _metrics_endpoint(lambda: board.total().render_prometheus(), args)
         endpoint.start()
     supervisor = os.getpid()
 

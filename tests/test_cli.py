@@ -720,6 +720,26 @@ def test_port_in_use_one_line_exit_2(tmp_path: Path, backend: str) -> None:
         assert "choose another port with --listen HOST:PORT" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("option", "workers"),
+    [("--listen", "1"), ("--tls-listen", "1"), ("--metrics", "1"), ("--metrics", "2")],
+)
+def test_busy_port_names_the_address_and_the_option_to_change(
+    tmp_path: Path, certificate: dict[str, Path], option: str, workers: str
+) -> None:
+    tls = ["--tls-cert", str(certificate["cert"]), "--tls-key", str(certificate["key"])]
+    with busy_port() as port:
+        options = [option, f"127.0.0.1:{port}"]
+        if option != "--listen":
+            options += ["--listen", "127.0.0.1:0"]
+        done = run("serve", "--workers", workers, *options, *tls, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        f"smtpmux: cannot listen on 127.0.0.1:{port}: address already in use (is another server "
+        f"listening there? Stop it, or choose another port with {option} HOST:PORT)\n"
+    )
+
+
 def test_no_command_one_line_exit_2(tmp_path: Path) -> None:
     done = run(cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
