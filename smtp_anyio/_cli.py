@@ -12,6 +12,7 @@ import errno
 import getpass
 import importlib.metadata
 import io
+import itertools
 import logging
 import os
 import signal
@@ -67,8 +68,12 @@ status = logging.getLogger("smtpmux.cli")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        """One clear line and exit code 2, not a usage dump."""
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+        """One clear line and exit code 2, not a usage dump (``main`` writes it)."""
+        raise _BadArguments(f"{self.prog}: {message} (see --help)")
+
+
+class _BadArguments(Exception):
+    """The command line does not parse."""
 
 
 class UsageError(Exception):
@@ -651,7 +656,19 @@ def _supervise(args: argparse.Namespace, servers: list[dict[str, Any]], reloader
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(arguments)
+    except _BadArguments as exc:
+        if "--log-format=json" in arguments or any(  # JSON even before the options parse
+            pair == ("--log-format", "json") for pair in itertools.pairwise(arguments)
+        ):
+            record = logging.makeLogRecord({"name": status.name, "msg": str(exc)})
+            record.levelname = "ERROR"
+            print(JSONFormatter().format(record), file=sys.stderr)
+        else:
+            print(exc, file=sys.stderr)
+        return 2
     if args.command == "serve":
         return _serve(args)
     if args.command == "send":

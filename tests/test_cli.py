@@ -740,6 +740,24 @@ def test_busy_port_names_the_address_and_the_option_to_change(
     )
 
 
+@pytest.mark.parametrize(
+    "options",
+    [["--log-format", "json", "--listen", "nowhere"], ["--listen=nowhere", "--log-format=json"]],
+)
+def test_bad_option_with_json_log_format_is_one_json_line(
+    tmp_path: Path, options: list[str]
+) -> None:
+    """Even an option that does not parse is reported as JSON when JSON was asked for."""
+    done = run("serve", *options, cwd=tmp_path)
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    record = json.loads(line)
+    assert record["level"] == "ERROR" and record["logger"] == "smtpmux.cli"
+    assert record["message"] == (
+        "smtpmux serve: argument --listen: expected HOST:PORT, got 'nowhere' (see --help)"
+    )
+
+
 def test_no_command_one_line_exit_2(tmp_path: Path) -> None:
     done = run(cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
