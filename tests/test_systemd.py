@@ -265,6 +265,7 @@ ACTIVATION_ERRORS = [
     ),
     ("datagram", "datagram", [], "fd 3 (unknown) is not a listening stream socket"),
     ("not-listening", "bound", [], "fd 3 (unknown) is not a listening stream socket"),
+    ("unix-socket", "unix", [], "fd 3 (unknown) is not a TCP socket: use ListenStream=PORT"),
 ]
 
 
@@ -272,7 +273,7 @@ ACTIVATION_ERRORS = [
     ("case", "kind", "options", "message"), ACTIVATION_ERRORS, ids=[e[0] for e in ACTIVATION_ERRORS]
 )
 def test_socket_activation_errors_are_one_line_exit_2(
-    start: type[Activated], case: str, kind: str, options: list[str], message: str
+    start: type[Activated], tmp_path: Path, case: str, kind: str, options: list[str], message: str
 ) -> None:
     if kind == "datagram":
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -280,6 +281,10 @@ def test_socket_activation_errors_are_one_line_exit_2(
     elif kind == "bound":
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
+    elif kind == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(tmp_path / "smtp.sock"))
+        sock.listen()
     else:
         sock = listening_socket()
     env = {"LISTEN_FDS": "1"}
