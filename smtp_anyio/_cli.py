@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import getpass
+import importlib.metadata
+import io
+import itertools
 import logging
 import os
 import signal
@@ -43,6 +47,7 @@ from smtp_core import (
     SessionInfo,
     SMTPError,
     SMTPNotSupported,
+    format_host_port,
     format_reply,
     normalize_domain,
     parse_path,
@@ -52,6 +57,7 @@ from smtp_sync import Server as SyncServer
 from smtp_sync._auth_file import AuthFilePolicy, hash_password, load_auth_file
 from smtp_sync.handlers import Discard, EmlDirectory, Maildir, Printer
 
+from . import _systemd
 from ._client import connect
 from ._operations import JSONFormatter, MetricsEndpoint, Reloader, TextFormatter, server_context
 from ._server import Server
@@ -59,11 +65,19 @@ from ._workers import MetricsBoard, share_listeners, supervise
 
 __all__ = ["main"]
 
+#: What ``serve`` says about itself (listening, stopping, why it cannot start): plain
+#: ``smtpmux: ...`` lines in text mode, JSON objects like every other line with --log-format json.
+status = logging.getLogger("smtpmux.cli")
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        """One clear line and exit code 2, not a usage dump."""
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+        """One clear line and exit code 2, not a usage dump (``main`` writes it)."""
+        raise _BadArguments(f"{self.prog}: {message} (see --help)")
+
+
+class _BadArguments(Exception):
+    """The command line does not parse."""
 
 
 class UsageError(Exception):
@@ -125,8 +139,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _version() -> str:
+    """The installed distribution's version; a bare checkout on PYTHONPATH has none."""
+    try:
+        return importlib.metadata.version("smtpmux")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="smtpmux", description="SMTP server and client toolkit")
+    parser.add_argument("--version", action="version", version=f"smtpmux {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     serve = commands.add_parser(
         "serve", help="run an SMTP server (default: 127.0.0.1:8025 -> ./mail)"
@@ -274,13 +297,47 @@ def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
         if args.tls_key or args.tls_listen:
             raise UsageError("--tls-key and --tls-listen need --tls-cert")
         return None
+    cert = _pem_file("--tls-cert", args.tls_cert)
+    if "-----BEGIN CERTIFICATE-----" not in cert:
+        raise UsageError(f"--tls-cert {args.tls_cert} holds no PEM certificate")
+    key_option, key_file = ("--tls-key", args.tls_key) if args.tls_key else ("--tls-cert", None)
+    key = _pem_file("--tls-key", args.tls_key) if args.tls_key else cert
+    where = f"{key_option} {key_file or args.tls_cert}"
+    if "PRIVATE KEY-----" not in key:
+        if key_file is None:
+            raise UsageError(
+                f"--tls-cert {args.tls_cert} holds no private key: give it with --tls-key FILE "
+                "(or append the key to the certificate file)"
+            )
+        raise UsageError(f"{where} holds no PEM private key")
+    if "ENCRYPTED" in key:  # OpenSSL would prompt on a terminal a service does not have
+        raise UsageError(f"the private key in {where} is encrypted: decrypt it with openssl pkey")
     try:
-        return server_context(args.tls_cert, args.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        files = f"--tls-cert {args.tls_cert}" + (
-            f" --tls-key {args.tls_key}" if args.tls_key else ""
-        )
-        raise UsageError(f"cannot load {files}: {exc}") from None
+        context = server_context(args.tls_cert, args.tls_key)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            problem = f"the private key in {where} does not belong to the certificate"
+        else:  # OpenSSL says only "PEM lib": find out which file it could not read
+            try:
+                ssl.create_default_context(cafile=args.tls_cert)  # the certificates alone
+            except ssl.SSLError:
+                problem = f"--tls-cert {args.tls_cert} holds a certificate that cannot be read"
+            else:
+                problem = f"the private key in {where} cannot be read"
+            problem += " (damaged PEM, or a kind OpenSSL does not know)"
+        raise UsageError(f"cannot load the TLS certificate: {problem}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot load TLS certificate {args.tls_cert}: {exc}") from None
+    return context
+
+
+def _pem_file(option: str, path: str) -> str:
+    """The text of a PEM file, or a UsageError that names the option, the file and why."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as file:
+            return file.read(1024 * 1024)
+    except OSError as exc:
+        raise UsageError(f"cannot read {option} {path}: {exc.strerror or exc}") from None
 
 
 async def _discard(envelope: Envelope) -> None:
@@ -327,7 +384,7 @@ def _servers(args: argparse.Namespace) -> list[dict[str, Any]]:
         policy = Policy(**limits)
     router: Router[Any] = Router()
     handler = _handler(args)
-    router.add("*@*", _debugging(handler) if args.debug else handler)
+    router.add("*@*", _debugging(handler, args.log_format) if args.debug else handler)
     metrics = Metrics(lock=threading.Lock())  # one per process, read by --metrics
     connection_limits = ConnectionLimits(
         max_connections=args.max_connections,
@@ -348,12 +405,45 @@ def _servers(args: argparse.Namespace) -> list[dict[str, Any]]:
             lock=threading.Lock(),
         ),
     }
+    inherited = _inherited(args, context)
+    if inherited:
+        return [{**common, **options, "ssl_context": context} for options in inherited]
     plain = args.listen or ([] if args.tls_listen else [("127.0.0.1", 8025)])
     servers = [{**common, "host": h, "port": p, "ssl_context": context} for h, p in plain]
     servers += [
         {**common, "host": h, "port": p, "ssl_context": context, "implicit_tls": True}
         for h, p in args.tls_listen
     ]
+    return servers
+
+
+def _inherited(args: argparse.Namespace, context: ssl.SSLContext | None) -> list[dict[str, Any]]:
+    """Socket activation: the listeners systemd opened (LISTEN_FDS), served instead of
+    binding. A socket named ``smtps`` or ``submissions`` (FileDescriptorName=) is implicit
+    TLS; every other one is plain SMTP, with STARTTLS when a certificate is given."""
+    try:
+        listeners = _systemd.inherited_listeners()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not listeners:
+        return []
+    if args.listen or args.tls_listen:
+        raise UsageError(
+            "systemd passed listening sockets (LISTEN_FDS): drop --listen and --tls-listen, "
+            "the socket unit's ListenStream= lines say where to listen"
+        )
+    servers = []
+    for listener in listeners:
+        if listener.implicit_tls and context is None:
+            raise UsageError(f"the socket named {listener.name} (implicit TLS) needs --tls-cert")
+        servers.append(
+            {
+                "host": listener.host,
+                "port": listener.port,
+                "sock": listener.sock,
+                "implicit_tls": listener.implicit_tls,
+            }
+        )
     return servers
 
 
@@ -370,11 +460,20 @@ class _ThreadedAuthFilePolicy(AuthFilePolicy):
         return await anyio.to_thread.run_sync(self.check, credentials, limiter=self._limiter)
 
 
-def _debugging(handler: Any) -> Any:
+def _debugging(handler: Any, log_format: str) -> Any:
+    """--debug prints each message; with --log-format json as one record, like every line."""
     printer = Printer(sys.stderr)
 
     def deliver(envelope: Any) -> None:
-        printer(envelope)
+        if log_format == "json":
+            text = io.StringIO()
+            Printer(text)(envelope)
+            extra = {"session_id": envelope.session_id}
+            logging.getLogger("smtpmux.message").debug(
+                "%s", text.getvalue().rstrip("\n"), extra=extra
+            )
+        else:
+            printer(envelope)
         handler(envelope)
 
     return deliver
@@ -391,7 +490,7 @@ class _Process:
 
     servers: list[dict[str, Any]]
     reloader: Reloader
-    announce: bool = True  #: print the "listening on" lines (the supervisor does for workers)
+    announce: bool = True  #: say "listening on" and "stopping" (the supervisor does for workers)
     ready: Callable[[], None] = lambda: None
     tick: Callable[[], bool] = lambda: True
 
@@ -401,10 +500,14 @@ async def _serve_anyio(process: _Process) -> None:
     # sends SIGTERM as soon as it reads that line always gets the graceful stop and exit code 0.
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with contextlib.AsyncExitStack() as stack:  # leaving it stops every server
+            servers = []
             for options in process.servers:
-                server = await stack.enter_async_context(Server(**options))
-                if process.announce:
-                    _announce(server.host, server.port, server.implicit_tls)
+                try:
+                    servers.append(await stack.enter_async_context(Server(**options)))
+                except OSError as exc:
+                    raise _cannot_listen(options, exc) from None
+            for server in servers if process.announce else ():  # all of them, or none
+                _announce(server.host, server.port, server.implicit_tls)
             process.ready()
             async with anyio.create_task_group() as tasks:
 
@@ -417,17 +520,34 @@ async def _serve_anyio(process: _Process) -> None:
                 async for signum in signals:
                     if signum != signal.SIGHUP:
                         break
-                    process.reloader.reload()
+                    _reload(process.reloader)
                 tasks.cancel_scope.cancel()
-            print("smtpmux: stopping", file=sys.stderr, flush=True)
+            if process.announce:
+                status.info("stopping")
+                _systemd.notify("STOPPING=1")
     process.tick()  # the final counts, once every session has ended
 
 
+def _reload(reloader: Reloader) -> None:
+    """SIGHUP: the reload, between RELOADING=1 and READY=1 for systemd."""
+    _systemd.notify(_systemd.reloading())
+    try:
+        reloader.reload()
+    finally:
+        _systemd.notify("READY=1")
+
+
+def _ready() -> None:
+    """Every listener accepts connections: tell systemd (Type=notify)."""
+    _systemd.notify("READY=1")
+
+
 def _announce(host: str, port: int, implicit_tls: bool) -> None:
-    """The line that says the server is ready, with the bound port (also for ``:0``)."""
-    shown = f"[{host}]" if ":" in host else host
+    """The line that says the server is ready, with the bound port (also for ``:0``): once
+    per listener (the servers themselves log no "listening" line)."""
+    listener = format_host_port(host, port)
     tls = " (implicit TLS)" if implicit_tls else ""
-    print(f"smtpmux: listening on {shown}:{port}{tls}", file=sys.stderr, flush=True)
+    status.info("listening on %s%s", listener, tls, extra={"listener": listener})
 
 
 def _serve_sync(process: _Process) -> None:
@@ -438,7 +558,9 @@ def _serve_sync(process: _Process) -> None:
         if stopping.is_set():  # a second signal while stopping changes nothing
             return
         stopping.set()
-        print("smtpmux: stopping", file=sys.stderr, flush=True)
+        if process.announce:
+            status.info("stopping")
+            _systemd.notify("STOPPING=1")
 
         def stop_all() -> None:
             for server in running:
@@ -449,11 +571,14 @@ def _serve_sync(process: _Process) -> None:
 
     signal.signal(signal.SIGINT, stop)  # before "listening on": see _serve_anyio
     signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGHUP, lambda signum, frame: process.reloader.reload())
-    for server in running:
-        server.bind()
-        if process.announce:
-            _announce(server.host, server.port, server.implicit_tls)
+    signal.signal(signal.SIGHUP, lambda signum, frame: _reload(process.reloader))
+    for server, options in zip(running, process.servers, strict=True):
+        try:
+            server.bind()
+        except OSError as exc:
+            raise _cannot_listen(options, exc) from None
+    for server in running if process.announce else ():  # all of them, or none
+        _announce(server.host, server.port, server.implicit_tls)
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in running]
     for thread in threads:
         thread.start()
@@ -462,6 +587,34 @@ def _serve_sync(process: _Process) -> None:
         if not process.tick():
             stop(signal.SIGTERM, None)
     process.tick()
+
+
+#: what to do about the usual reasons a listener cannot be opened (errno name -> hint)
+_LISTEN_HINTS = {
+    "EADDRINUSE": "is another server listening there? Stop it, or choose another port "
+    "with {option} HOST:PORT",
+    "EACCES": "ports below 1024 need root or CAP_NET_BIND_SERVICE; or let systemd open the "
+    "port (socket activation, see docs/deployment.md)",
+    "EADDRNOTAVAIL": "is that an address of this machine? 0.0.0.0 or [::] listen on all",
+}
+
+
+def _cannot_listen(options: dict[str, Any], exc: OSError, option: str = "") -> UsageError:
+    """``cannot listen on [::1]:25: address already in use (what to do)``."""
+    where = format_host_port(options["host"], options["port"])
+    option = option or ("--tls-listen" if options.get("implicit_tls") else "--listen")
+    name = errno.errorcode.get(exc.errno or 0, "")
+    reason = (exc.strerror or str(exc)).lower() if exc.errno else str(exc)
+    hint = _LISTEN_HINTS.get(name, "").format(option=option)
+    return UsageError(f"cannot listen on {where}: {reason}" + (f" ({hint})" if hint else ""))
+
+
+def _metrics_endpoint(render: Callable[[], str], args: argparse.Namespace) -> MetricsEndpoint:
+    host, port = args.metrics
+    try:
+        return MetricsEndpoint(render, host, port)
+    except OSError as exc:
+        raise _cannot_listen({"host": host, "port": port}, exc, "--metrics") from None
 
 
 def _run(process: _Process, backend: str) -> None:
@@ -485,6 +638,11 @@ def _configure_logging(args: argparse.Namespace) -> None:
         handler.setFormatter(JSONFormatter())
     else:
         handler.setFormatter(TextFormatter())
+        plain = logging.StreamHandler(sys.stderr)
+        plain.setFormatter(logging.Formatter("smtpmux: %(message)s"))
+        status.addHandler(plain)
+        status.propagate = False
+    status.setLevel(logging.INFO)  # "listening on" is said even with --quiet
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, handlers=[handler])
 
@@ -502,33 +660,44 @@ def _serve(args: argparse.Namespace) -> int:
         metrics: Metrics = first["metrics"]
         endpoint = None
         if args.metrics:
-            endpoint = MetricsEndpoint(metrics.render_prometheus, *args.metrics)
+            endpoint = _metrics_endpoint(metrics.render_prometheus, args)
             endpoint.start()
         try:
-            _run(_Process(servers, reloader), args.backend)
+            _run(_Process(servers, reloader, ready=_ready), args.backend)
         finally:
             if endpoint is not None:
                 endpoint.stop()
     except UsageError as exc:
-        print(f"smtpmux: {exc}", file=sys.stderr)
+        status.error("%s", exc)
         return 2
-    except OSError as exc:  # e.g. the port is taken
-        print(f"smtpmux: {exc}", file=sys.stderr)
+    except OSError as exc:
+        status.error("%s", exc)
         return 2
     return 0
 
 
 def _supervise(args: argparse.Namespace, servers: list[dict[str, Any]], reloader: Reloader) -> int:
     """``--workers N``: fork N copies of this server; they share the listening ports."""
-    held = share_listeners(servers)
+    held: list[Any] = []
+    try:
+        for options in servers:
+            try:
+                held += share_listeners([options])
+            except OSError as exc:
+                raise _cannot_listen(options, exc) from None
+    except UsageError:
+        for sock in held:
+            sock.close()
+        raise
     board = MetricsBoard(args.workers)
     endpoint = None
     if args.metrics:
-        endpoint = MetricsEndpoint(lambda: board.total().render_prometheus(), *args.metrics)
+        endpoint = _metrics_endpoint(lambda: board.total().render_prometheus(), args)
         endpoint.start()
     supervisor = os.getpid()
 
     def worker(number: int, ready: Callable[[], None]) -> int:
+        os.environ.pop("NOTIFY_SOCKET", None)  # the supervisor speaks to systemd for all
         if endpoint is not None:
             endpoint.close_inherited()
         metrics: Metrics = servers[0]["metrics"]
@@ -543,6 +712,7 @@ def _supervise(args: argparse.Namespace, servers: list[dict[str, Any]], reloader
     def announce() -> None:
         for options in servers:
             _announce(options["host"], options["port"], options.get("implicit_tls", False))
+        _ready()  # every worker is listening
 
     try:
         return supervise(args.workers, worker, announce, board)
@@ -554,7 +724,19 @@ def _supervise(args: argparse.Namespace, servers: list[dict[str, Any]], reloader
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(arguments)
+    except _BadArguments as exc:
+        if "--log-format=json" in arguments or any(  # JSON even before the options parse
+            pair == ("--log-format", "json") for pair in itertools.pairwise(arguments)
+        ):
+            record = logging.makeLogRecord({"name": status.name, "msg": str(exc)})
+            record.levelname = "ERROR"
+            print(JSONFormatter().format(record), file=sys.stderr)
+        else:
+            print(exc, file=sys.stderr)
+        return 2
     if args.command == "serve":
         return _serve(args)
     if args.command == "send":

@@ -21,7 +21,11 @@ __all__ = ["JSONFormatter", "MetricsEndpoint", "Reloader", "TextFormatter", "ser
 log = logging.getLogger("smtpmux.server")
 
 #: the structured fields the Session and the servers put on their records
-_FIELDS = ("session_id", "peer", "tls", "auth_identity", "size", "reply_code")
+_FIELDS = (
+    *("session_id", "peer", "tls", "auth_identity"),
+    *("mail_from", "rcpt_tos", "accepted", "size", "reply_code", "reply", "duration"),
+    *("listener", "worker", "pid"),  # the command line's own lines
+)
 
 
 class TextFormatter(logging.Formatter):

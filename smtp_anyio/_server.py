@@ -38,6 +38,8 @@ from smtp_core import (
     Ticket,
     TurnedAway,
     UpgradeToTLS,
+    describe_tls_failure,
+    format_host_port,
 )
 from smtp_sync._spool import SpoolFile, call_arguments, new_session_id, utc_now
 
@@ -164,7 +166,6 @@ class Server:
                 )
             else:
                 self._task_group.start_soon(self._accept, listener)
-        log.info("listening on %s:%d", self.host, self.port)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -279,7 +280,8 @@ class Server:
             try:
                 tls = await connection.start_tls(self.ssl_context, timeout)
             except Exception as exc:  # the client's failure (plaintext, bad version, timeout)
-                log.info("TLS handshake with %s failed: %r", peer_address, exc)
+                shown = format_host_port(*peer_address) if peer_address else "a client"
+                log.info("TLS handshake with %s failed: %s", shown, describe_tls_failure(exc))
                 self.metrics.add(tls_failures=1)
                 return None
             self.metrics.add(tls_handshakes=1)

@@ -20,7 +20,6 @@ import select
 import signal
 import socket
 import struct
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,9 +28,12 @@ import attrs
 
 from smtp_core import Metrics
 
+from . import _systemd
+
 __all__ = ["MetricsBoard", "share_listeners", "supervise"]
 
 log = logging.getLogger("smtpmux.server")
+status = logging.getLogger("smtpmux.cli")  #: the command line's own lines (see _cli.py)
 
 #: A worker: ``run(number, ready)`` serves, calls ``ready()`` once listening, returns its exit code.
 Worker = Callable[[int, Callable[[], None]], int]
@@ -97,6 +99,8 @@ def share_listeners(servers: list[dict[str, Any]]) -> list[socket.socket]:
     reuse_port = hasattr(socket, "SO_REUSEPORT")
     held = []
     for options in servers:
+        if options.get("sock") is not None:  # inherited from systemd: the forks share it
+            continue
         host = options["host"]
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -145,15 +149,21 @@ def supervise(
             finally:
                 os._exit(code)
         children[pid] = (number, time.monotonic())
-        print(f"smtpmux: worker {number} started (pid {pid})", file=sys.stderr, flush=True)
+        status.info("worker %d started (pid %d)", number, pid, extra={"worker": number, "pid": pid})
 
     def forward(signum: int, frame: object) -> None:
         nonlocal stopping
-        if signum != signal.SIGHUP:
+        if signum == signal.SIGHUP:
+            _systemd.notify(_systemd.reloading())  # each worker reloads on its own
+        elif not stopping:
+            status.info("stopping")
+            _systemd.notify("STOPPING=1")
             stopping = True
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
+        if signum == signal.SIGHUP:
+            _systemd.notify("READY=1")
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
@@ -171,7 +181,7 @@ def supervise(
     quick_deaths = 0
     while children:
         try:
-            pid, status = os.waitpid(-1, 0)
+            pid, status_code = os.waitpid(-1, 0)
         except ChildProcessError:
             break
         number, started = children.pop(pid, (0, 0.0))
@@ -180,18 +190,32 @@ def supervise(
         if stopping or not number:
             continue
         quick_deaths = quick_deaths + 1 if time.monotonic() - started < _QUICK_DEATH else 0
-        print(
-            f"smtpmux: worker {number} (pid {pid}) exited with status {status}; restarting",
-            file=sys.stderr,
-            flush=True,
+        status.warning(
+            "worker %d (pid %d) %s; restarting",
+            number,
+            pid,
+            _how_it_ended(status_code),
+            extra={"worker": number, "pid": pid},
         )
         if quick_deaths >= _MAX_QUICK_DEATHS:
-            print("smtpmux: workers keep dying at start; stopping", file=sys.stderr, flush=True)
+            status.error("workers keep dying at start; stopping")
             forward(signal.SIGTERM, None)
             _reap_all(children)
             return 1
         spawn(number)
     return 0
+
+
+def _how_it_ended(wait_status: int) -> str:
+    """``exited with code 1`` or ``was killed by signal 9 (SIGKILL)``."""
+    code = os.waitstatus_to_exitcode(wait_status)
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        return f"was killed by signal {-code}"
+    return f"was killed by signal {-code} ({name})"
 
 
 def _signal_ready(fd: int) -> None:
@@ -206,13 +230,13 @@ def _await_ready(pipe: int, workers: int, children: dict[int, tuple[int, float]]
     try:
         while seen < workers:
             for pid in list(children):
-                done, status = os.waitpid(pid, os.WNOHANG)
+                done, wait_status = os.waitpid(pid, os.WNOHANG)
                 if done:
                     children.pop(pid)
-                    return os.waitstatus_to_exitcode(status) or 1
+                    return os.waitstatus_to_exitcode(wait_status) or 1
             left = deadline - time.monotonic()
             if left <= 0:
-                print("smtpmux: workers did not start in time", file=sys.stderr, flush=True)
+                status.error("workers did not start in %d seconds", _STARTUP_TIMEOUT)
                 return 1
             readable, _, _ = select.select([pipe], [], [], min(left, 0.1))
             if readable:

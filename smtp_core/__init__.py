@@ -71,6 +71,7 @@ from ._events import (
     Verify,
 )
 from ._lockout import AuthLockout
+from ._logtext import describe_tls_failure, format_host_port
 from ._message import OutgoingMessage, prepare_message
 from ._metrics import Metrics
 from ._params import ParamError, xtext_decode, xtext_encode
@@ -209,7 +210,9 @@ __all__ = (
     "XOAuth2Client",
     "address_literal",
     "default_router",
+    "describe_tls_failure",
     "encode_proxy_header",
+    "format_host_port",
     "format_reply",
     "handle",
     "normalize_domain",

@@ -21,6 +21,7 @@ import attrs
 from ._address import normalize_domain
 from ._admission import R_EVICTED, Admission
 from ._admission import R_STOPPING as R_SHUTTING_DOWN
+from ._client_session import format_reply
 from ._config import ServerConfig
 from ._envelope import Envelope, SessionInfo, TLSInfo
 from ._errors import RemoteProtocolError
@@ -48,6 +49,7 @@ from ._events import (
     StartTLS,
 )
 from ._lockout import AuthLockout
+from ._logtext import describe_tls_failure, format_host_port, plural
 from ._metrics import Metrics
 from ._router import Router
 from ._sasl import LoginMechanism, PlainMechanism
@@ -276,7 +278,7 @@ class Session:
         admission: Admission[Any] | None = None,
     ) -> None:
         config = _offering_auth(config or ServerConfig(), policy or Policy())  # AUTH by policy
-        self.config = config or ServerConfig()
+        self.config = config
         self.admission = admission  #: the server's limits: under stress, waits are shorter
         self.metrics = metrics if metrics is not None else Metrics()
         self.conn = ServerConnection(
@@ -295,6 +297,7 @@ class Session:
         self._conversation = self._converse()
         self._closed = False
         self._mail: MailFrom | None = None
+        self._mail_at: datetime | None = None  #: when MAIL was accepted, for the log line
         self._recipients: list[_Recipient] = []
         self._content: list[bytes] = []
         self._size = 0
@@ -417,7 +420,9 @@ class Session:
             if not isinstance(header, ProxyHeader):
                 return
             self._proxy(header)
-        log.info("connection from %s", self.info.peer, extra=self._log_extra)
+        peer = self.info.peer
+        shown = format_host_port(*peer) if peer else "an unknown peer"
+        log.info("connection from %s", shown, extra=self._log_extra)
         greeting = yield Connect(self.policy.on_connect, (self.info,))
         if not isinstance(greeting, Reply):
             if isinstance(greeting, BaseException):
@@ -518,6 +523,8 @@ class Session:
         self._reply(event.default_reply)
         self._reset_transaction()
         self._mail = event
+        if log.isEnabledFor(logging.INFO):  # the adapter's clock: the session reads none
+            self._mail_at = self._clock()
 
     def _route(self, event: RcptTo) -> Handler | None:
         """The recipient's handler, or None after refusing it (too many, or no route)."""
@@ -586,12 +593,14 @@ class Session:
         else:
             final = _combined(replies)
             self._reply(final)
-        self._account(event.size, final, sum(r.code < 400 for r in replies))
+        self._account(event.size, final, replies)
         self._reset_transaction()
 
-    def _account(self, size: int, final: Reply, accepted: int) -> None:
-        """Count and log one finished transaction: its size and its outcome."""
+    def _account(self, size: int, final: Reply, replies: list[Reply]) -> None:
+        """Count and log one finished transaction, in one line: sender, recipients, outcome,
+        size and the time from MAIL to the final reply (by the adapter's clock)."""
         assert self._mail is not None
+        accepted = sum(r.code < 400 for r in replies)
         metrics = self.metrics
         with metrics.lock:
             if final.code < 400:
@@ -602,14 +611,32 @@ class Session:
                 metrics.transactions_refused += 1
         if not log.isEnabledFor(logging.INFO):
             return
+        rcpt_tos = [r.address for r in self._recipients]
+        count = plural(len(rcpt_tos), "recipient")
+        if final.code < 400 and accepted < len(rcpt_tos):  # LMTP: some recipients refused
+            count = f"{accepted} of {count} accepted"
+        duration = 0.0
+        if self._mail_at is not None:  # a clock set back counts as no time, not less
+            duration = max(0.0, (self._clock() - self._mail_at).total_seconds())
+        reply = format_reply(final)
         log.info(
-            "message from <%s> for %d recipients, %d octets: %d %s",
+            "message from <%s> to %s: %s; %d octets, %s, %.3f s",
             self._mail.address,
-            len(self._recipients),
+            ", ".join(f"<{address}>" for address in rcpt_tos),
+            reply,
             size,
-            final.code,
-            final.enhanced or "",
-            extra={**self._log_extra, "size": size, "reply_code": final.code},
+            count,
+            duration,
+            extra={
+                **self._log_extra,
+                "mail_from": self._mail.address,
+                "rcpt_tos": rcpt_tos,
+                "accepted": accepted,
+                "size": size,
+                "reply_code": final.code,
+                "reply": reply,
+                "duration": round(duration, 6),
+            },
         )
 
     def _deliver(self) -> Generator[_Question, object, list[Reply]]:
@@ -641,26 +668,24 @@ class Session:
         return replies
 
     def _outcome(self, outcome: object, envelope: Envelope) -> Reply:
+        # What the transaction's one line (see _account) cannot say: which handler refused and
+        # why, and a handler's traceback.
         if isinstance(outcome, Reject):
-            log.info(
-                "handler refused %s: %s", envelope.rcpt_tos, outcome.reply, extra=self._log_extra
+            log.debug(
+                "handler refused %s: %s",
+                ", ".join(f"<{address}>" for address in envelope.rcpt_tos),
+                outcome.reply.text,
+                extra=self._log_extra,
             )
             return outcome.reply
         if isinstance(outcome, BaseException):
             log.error(
                 "handler failed for %s",
-                envelope.rcpt_tos,
+                ", ".join(f"<{address}>" for address in envelope.rcpt_tos),
                 exc_info=outcome,
                 extra=self._log_extra,
             )
             return R_HANDLER_FAILED
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "delivered from <%s> to %s",
-                envelope.mail_from,
-                envelope.rcpt_tos,
-                extra=self._log_extra,
-            )
         return R_ACCEPTED
 
     def _auth_refusal(self) -> Reply | None:
@@ -721,7 +746,8 @@ class Session:
         tls = yield UpgradeToTLS()
         if not isinstance(tls, TLSInfo):
             self.metrics.add(tls_failures=1)
-            log.info("TLS handshake failed: %s", tls, extra=self._log_extra)
+            reason = describe_tls_failure(tls) if isinstance(tls, BaseException) else repr(tls)
+            log.info("TLS handshake failed: %s", reason, extra=self._log_extra)
             yield Close()
             return
         self.metrics.add(tls_handshakes=1)
@@ -742,6 +768,7 @@ class Session:
 
     def _reset_transaction(self) -> None:
         self._mail = None
+        self._mail_at = None
         self._recipients = []
         self._content = []
         self._size = 0

@@ -39,6 +39,8 @@ from smtp_core import (
     TLSInfo,
     TurnedAway,
     UpgradeToTLS,
+    describe_tls_failure,
+    format_host_port,
 )
 
 from ._spool import SpoolFile, call_arguments, new_session_id, utc_now
@@ -128,7 +130,6 @@ class Server:
         listener.settimeout(0.2)  # so serve_forever notices stop()
         self.port = listener.getsockname()[1]
         self._listener = listener
-        log.info("listening on %s:%d", self.host, self.port)
 
     def serve_forever(self) -> None:
         if self._listener is None:
@@ -259,7 +260,8 @@ class Server:
             try:
                 sock = self._handshake(sock, timeout)
             except OSError as exc:  # the client's failure (plaintext, bad version, timeout)
-                log.info("TLS handshake with %s failed: %r", peer, exc)
+                shown = format_host_port(*peer) if peer else "a client"
+                log.info("TLS handshake with %s failed: %s", shown, describe_tls_failure(exc))
                 self.metrics.add(tls_failures=1)
                 return
             self.metrics.add(tls_handshakes=1)

@@ -5,6 +5,8 @@ killed by the fixture that started it, whatever happens to the test."""
 from __future__ import annotations
 
 import base64
+import importlib.metadata
+import json
 import os
 import re
 import signal
@@ -26,6 +28,13 @@ REPO = Path(__file__).resolve().parent.parent
 BACKENDS = ["asyncio", "trio", "sync"]
 MESSAGE = b"From: a@example.org\r\nTo: b@example.com\r\nSubject: cli\r\n\r\nHello from the CLI.\r\n"
 LISTENING = re.compile(r"smtpmux: listening on \[?([^\s\]]+)\]?:(\d+)( \(implicit TLS\))?$")
+
+
+def as_text(line: str) -> str:
+    """A ``--log-format json`` record's message as the text format writes it."""
+    if line.startswith("{"):
+        return "smtpmux: " + str(json.loads(line).get("message"))
+    return line
 
 
 def environment() -> dict[str, str]:
@@ -69,7 +78,7 @@ class Smtpmux:
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
-                found = [m for m in map(LISTENING.search, self._lines) if m]
+                found = [m for m in map(LISTENING.search, map(as_text, self._lines)) if m]
                 if len(found) >= count:
                     return [int(m[2]) for m in found[:count]]
                 if self._ended or time.monotonic() > deadline:
@@ -272,7 +281,9 @@ def test_tls_listen_and_starttls(
     assert len(stored) == 2
     assert all(re.search(rb"\(using TLSv1\.[23] .*\swith ESMTPS id ", m, re.S) for m in stored)
     stderr = stopped_cleanly(server)
-    assert "TLS handshake with ('127.0.0.1'" in stderr  # logged as the client's failure
+    # logged as the client's failure, with the reason in words
+    assert "TLS handshake with 127.0.0.1:" in stderr
+    assert "failed: the client did not start TLS (plain SMTP on a TLS port?)" in stderr
 
 
 # --- authentication and relay control --------------------------------------------------------
@@ -543,6 +554,180 @@ def test_a_bad_limit_names_its_option(tmp_path: Path) -> None:
     assert done.stderr.count("\n") == 1
 
 
+# --- what an operator reads ------------------------------------------------------------------
+
+
+def test_version(tmp_path: Path) -> None:
+    done = run("--version", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"smtpmux {importlib.metadata.version('smtpmux')}\n"
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_listeners_announced_once_and_one_line_per_transaction(
+    smtpmux: Start, backend: str
+) -> None:
+    """Each listener is said once, IPv6 in brackets everywhere; a transaction is one line with
+    its addresses, reply, size, recipient count (singular for one) and time, no tuples."""
+    if not ipv6_loopback():
+        pytest.skip("no IPv6 loopback here")
+    server = smtpmux(
+        "serve", "--backend", backend, "--listen", "[::1]:0", "--listen", "127.0.0.1:0", "--discard"
+    )
+    v6, v4 = server.listening(2)
+    with smtplib.SMTP("::1", v6, timeout=10) as client:
+        assert client.sendmail("a@example.org", ["b@example.com"], MESSAGE) == {}
+    with smtplib.SMTP("127.0.0.1", v4, timeout=10) as client:
+        recipients = ["b@example.com", "c@example.com"]
+        assert client.sendmail("a@example.org", recipients, MESSAGE) == {}
+    stderr = stopped_cleanly(server)
+    assert [line for line in stderr.splitlines() if "listening" in line] == [
+        f"smtpmux: listening on [::1]:{v6}",
+        f"smtpmux: listening on 127.0.0.1:{v4}",
+    ]
+    assert re.search(r"connection from \[::1\]:\d+$", stderr, re.M)
+    assert not re.search(r"(?<!\[)::1:\d", stderr)  # never ::1:PORT
+    assert "('" not in stderr and "',)" not in stderr  # no tuple reprs
+    transactions = [line for line in stderr.splitlines() if "message from" in line]
+    size = len(MESSAGE)
+    assert len(transactions) == 2
+    assert re.search(
+        rf"message from <a@example.org> to <b@example.com>: 250 2\.0\.0 .*; "
+        rf"{size} octets, 1 recipient, \d+\.\d{{3}} s$",
+        transactions[0],
+    ), transactions
+    assert re.search(
+        rf"to <b@example.com>, <c@example.com>: 250 .*; {size} octets, 2 recipients, ",
+        transactions[1],
+    ), transactions
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_failed_starttls_logs_why(
+    smtpmux: Start, certificate: dict[str, Path], backend: str
+) -> None:
+    server = smtpmux(
+        "serve",
+        "--backend",
+        backend,
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        str(certificate["cert"]),
+        "--tls-key",
+        str(certificate["key"]),
+        "--discard",
+    )
+    [port] = server.listening()
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo()
+        assert client.docmd("STARTTLS")[0] == 220
+        client.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]  # gone, no handshake
+    deadline = time.monotonic() + 20
+    while "TLS handshake failed" not in server.stderr_so_far() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stderr = stopped_cleanly(server)
+    assert re.search(
+        r"TLS handshake failed: the client closed the connection during the handshake$",
+        stderr,
+        re.M,
+    ), stderr
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Certificates and keys that are wrong in each of the ways an operator gets them wrong."""
+    from cryptography.hazmat.primitives import serialization
+
+    directory = tmp_path_factory.mktemp("tls-files")
+    ca = trustme.CA()
+    issued, other = ca.issue_cert("localhost"), ca.issue_cert("other.example")
+    cert, key = issued.cert_chain_pems[0].bytes(), issued.private_key_pem.bytes()
+    loaded = serialization.load_pem_private_key(key, password=None)
+    encrypted = loaded.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    damaged = cert.replace(b"\n", b"\nAAAA", 2).replace(b"\nAAAA", b"\n", 1)
+    contents = {
+        "cert": cert,
+        "key": key,
+        "other_key": other.private_key_pem.bytes(),
+        "encrypted_key": encrypted,
+        "bad_key": b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+        "damaged_cert": damaged,
+        "text": b"not a certificate\n",
+    }
+    files = {name: directory / f"{name}.pem" for name in contents}
+    for name, data in contents.items():
+        files[name].write_bytes(data)
+    return files
+
+
+# (id, options, what the one line must say)
+TLS_FILE_ERRORS: list[tuple[str, list[str], str]] = [
+    (
+        "cert-without-key",
+        ["--tls-cert", "{cert}"],
+        "--tls-cert {cert} holds no private key: give it with --tls-key FILE",
+    ),
+    ("missing-cert", ["--tls-cert", "{missing}"], "cannot read --tls-cert {missing}: No such file"),
+    ("not-pem", ["--tls-cert", "{text}", "--tls-key", "{key}"], "--tls-cert {text} holds no PEM"),
+    (
+        "key-not-pem",
+        ["--tls-cert", "{cert}", "--tls-key", "{text}"],
+        "--tls-key {text} holds no PEM private key",
+    ),
+    (
+        "damaged-key",
+        ["--tls-cert", "{cert}", "--tls-key", "{bad_key}"],
+        "the private key in --tls-key {bad_key} cannot be read (damaged PEM",
+    ),
+    (
+        "damaged-cert",
+        ["--tls-cert", "{damaged_cert}", "--tls-key", "{key}"],
+        "--tls-cert {damaged_cert} holds a certificate that cannot be read",
+    ),
+    (
+        "mismatched-key",
+        ["--tls-cert", "{cert}", "--tls-key", "{other_key}"],
+        "the private key in --tls-key {other_key} does not belong to the certificate",
+    ),
+    (
+        "encrypted-key",
+        ["--tls-cert", "{cert}", "--tls-key", "{encrypted_key}"],
+        "the private key in --tls-key {encrypted_key} is encrypted",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "options", "expected"), TLS_FILE_ERRORS, ids=[c for c, _, _ in TLS_FILE_ERRORS]
+)
+def test_tls_file_errors_name_the_file_and_the_problem(
+    tmp_path: Path, tls_files: dict[str, Path], case: str, options: list[str], expected: str
+) -> None:
+    names = {name: str(path) for name, path in tls_files.items()}
+    names["missing"] = str(tmp_path / "missing.pem")
+    done = run(
+        "serve", "--listen", "127.0.0.1:0", *[o.format(**names) for o in options], cwd=tmp_path
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert expected.format(**names) in done.stderr
+    assert "PEM lib" not in done.stderr and "_ssl.c" not in done.stderr
+
+
 # --- bad options -----------------------------------------------------------------------------
 
 
@@ -579,7 +764,11 @@ BAD_OPTIONS: list[tuple[str, list[str], list[str]]] = [
         ["--auth-file", "{users}", "--auth-require-tls"],
         ["--auth-require-tls", "--tls-cert"],
     ),
-    ("unmarked-password-in-auth-file", ["--auth-file", "{unmarked}"], ["--auth-file", "{unmarked}"]),
+    (
+        "unmarked-password-in-auth-file",
+        ["--auth-file", "{unmarked}"],
+        ["--auth-file", "{unmarked}"],
+    ),
     (
         "relay-domain-not-idna",
         ["--relay-domain", "xn--zz.example"],
@@ -642,6 +831,47 @@ def test_port_in_use_one_line_exit_2(tmp_path: Path, backend: str) -> None:
         done = run("serve", "--backend", backend, "--listen", f"127.0.0.1:{port}", cwd=tmp_path)
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1 and done.stderr.startswith("smtpmux"), done.stderr
+        # the address, the reason, and what to do about it
+        assert f"cannot listen on 127.0.0.1:{port}: address already in use (" in done.stderr
+        assert "choose another port with --listen HOST:PORT" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "workers"),
+    [("--listen", "1"), ("--tls-listen", "1"), ("--metrics", "1"), ("--metrics", "2")],
+)
+def test_busy_port_names_the_address_and_the_option_to_change(
+    tmp_path: Path, certificate: dict[str, Path], option: str, workers: str
+) -> None:
+    tls = ["--tls-cert", str(certificate["cert"]), "--tls-key", str(certificate["key"])]
+    with busy_port() as port:
+        options = [option, f"127.0.0.1:{port}"]
+        if option != "--listen":
+            options += ["--listen", "127.0.0.1:0"]
+        done = run("serve", "--workers", workers, *options, *tls, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        f"smtpmux: cannot listen on 127.0.0.1:{port}: address already in use (is another server "
+        f"listening there? Stop it, or choose another port with {option} HOST:PORT)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--log-format", "json", "--listen", "nowhere"], ["--listen=nowhere", "--log-format=json"]],
+)
+def test_bad_option_with_json_log_format_is_one_json_line(
+    tmp_path: Path, options: list[str]
+) -> None:
+    """Even an option that does not parse is reported as JSON when JSON was asked for."""
+    done = run("serve", *options, cwd=tmp_path)
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    record = json.loads(line)
+    assert record["level"] == "ERROR" and record["logger"] == "smtpmux.cli"
+    assert record["message"] == (
+        "smtpmux serve: argument --listen: expected HOST:PORT, got 'nowhere' (see --help)"
+    )
 
 
 def test_no_command_one_line_exit_2(tmp_path: Path) -> None:

@@ -465,3 +465,41 @@ def test_quiet_logs_no_line_per_message(start: type[Supervised], tmp_path: Path)
     assert server.stop() == 0
     assert "message from" not in server.stderr and "connection from" not in server.stderr
     assert "smtpmux: listening on" in server.stderr
+
+
+def test_json_mode_writes_only_json_on_stderr(start: type[Supervised], tmp_path: Path) -> None:
+    """Workers starting, dying and restarting, listeners, --debug's trace and message dump,
+    stopping, and a start that fails: with --log-format json, each stderr line is an object."""
+    server = start(
+        "serve",
+        "--workers",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--debug",
+    )
+    [port] = server.listening()
+    workers = server.workers()
+    send(port)
+    os.kill(workers[1], signal.SIGKILL)
+    wait_until(lambda: server.workers()[1] != workers[1])
+    assert server.stop(10) == 0
+    records = [json.loads(line) for line in server.stderr.splitlines()]  # each line is JSON
+    messages = [r["message"] for r in records]
+    assert [m for m in messages if m.startswith("listening on")] == [
+        f"listening on 127.0.0.1:{port}"
+    ]
+    assert f"worker 1 (pid {workers[1]}) was killed by signal 9 (SIGKILL); restarting" in messages
+    assert messages.count("stopping") == 1  # the supervisor's, not one per worker
+    assert any("Hello from the CLI." in m for m in messages)  # --debug's message dump
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = start(
+            "serve", "--listen", f"127.0.0.1:{taken.getsockname()[1]}", "--log-format", "json"
+        )
+        assert busy.wait() == 2
+    [refusal] = [json.loads(line) for line in busy.stderr.splitlines()]
+    assert refusal["level"] == "ERROR" and "address already in use" in refusal["message"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -55,7 +55,8 @@ class Runner:
 
     def __init__(self, router: Router[Any], **options: Any) -> None:
         options.setdefault("peer", ("198.51.100.7", 50000))
-        self.session = Session(router, clock=lambda: NOW, session_id="S1", **options)
+        options.setdefault("clock", lambda: NOW)
+        self.session = Session(router, session_id="S1", **options)
         self.written = bytearray()
         self.closed = False
         self.calls: list[Action] = []
@@ -351,3 +352,111 @@ def test_transaction_log_is_structured(
     assert record.__dict__["session_id"] == "S1" and record.__dict__["size"] == 7
     assert record.__dict__["reply_code"] == 250
     assert record.__dict__["peer"] == ("198.51.100.7", 50000)
+
+
+class Ticking:
+    """A clock that moves 1.25 s each time the session reads it: the time a transaction
+    took comes from the adapter's clock, never from one the session reads itself."""
+
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(seconds=1.25)
+        return self.now
+
+
+def refuse(envelope: Envelope) -> None:
+    raise Reject(Reply(550, "Mailbox disabled", "5.2.1"))
+
+
+# (id, LMTP?, recipients, the transaction's one line)
+TRANSACTION_LINES = [
+    (
+        "one-recipient",
+        False,
+        ["b@example.com"],
+        "message from <a@x.org> to <b@example.com>: 250 2.0.0 OK: message accepted; "
+        "7 octets, 1 recipient, 2.500 s",
+    ),
+    (
+        "two-recipients",
+        False,
+        ["b@example.com", "c@example.com"],
+        "message from <a@x.org> to <b@example.com>, <c@example.com>: "
+        "250 2.0.0 OK: message accepted; 7 octets, 2 recipients, 2.500 s",
+    ),
+    (
+        "refused",
+        False,
+        ["b@example.com", "no@refused.example"],
+        "message from <a@x.org> to <b@example.com>, <no@refused.example>: "
+        "550 5.2.1 Mailbox disabled; 7 octets, 2 recipients, 2.500 s",
+    ),
+    (
+        "lmtp-partly-refused",
+        True,
+        ["b@example.com", "no@refused.example"],
+        "message from <a@x.org> to <b@example.com>, <no@refused.example>: "
+        "250 2.0.0 OK: message accepted; 7 octets, 1 of 2 recipients accepted, 2.500 s",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "lmtp", "recipients", "line"), TRANSACTION_LINES, ids=[t[0] for t in TRANSACTION_LINES]
+)
+def test_one_log_line_per_transaction(
+    router: Router[Any],
+    caplog: pytest.LogCaptureFixture,
+    case: str,
+    lmtp: bool,
+    recipients: list[str],
+    line: str,
+) -> None:
+    """Sender, recipients as addresses, the reply, size, count and time: in one line, no
+    tuple reprs, and nothing else per transaction at INFO."""
+    caplog.set_level(logging.INFO, logger="smtpmux.session")
+    router.add("*@refused.example", refuse)
+    runner = Runner(router, clock=Ticking(), config=ServerConfig(lmtp=lmtp))
+    hello = b"LHLO c\r\n" if lmtp else b"EHLO c\r\n"
+    runner.feed(hello + b"MAIL FROM:<a@x.org>\r\n")
+    caplog.clear()
+    for address in recipients:
+        runner.feed(b"RCPT TO:<%s>\r\n" % address.encode())
+    runner.feed(b"DATA\r\nhello\r\n.\r\n")
+    assert [r.getMessage() for r in caplog.records] == [line]
+    (record,) = caplog.records
+    assert record.__dict__["mail_from"] == "a@x.org"
+    assert record.__dict__["rcpt_tos"] == recipients
+    assert record.__dict__["duration"] == 2.5 and record.__dict__["size"] == 7
+
+
+def test_connection_line_writes_the_peer_as_host_port(
+    router: Router[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="smtpmux.session")
+    Runner(router, peer=("2001:db8::7", 50000))
+    Runner(router, peer=("198.51.100.7", 25))
+    assert [r.getMessage() for r in caplog.records] == [
+        "connection from [2001:db8::7]:50000",
+        "connection from 198.51.100.7:25",
+    ]
+
+
+def test_failed_starttls_logs_the_reason(
+    router: Router[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="smtpmux.session")
+    session = Session(
+        router, clock=lambda: NOW, session_id="S1", config=ServerConfig(starttls=True)
+    )
+    [connect] = session.start()
+    session.resolve(connect, None)  # no on_connect verdict: the greeting
+    [send, upgrade] = session.receive_data(b"EHLO c\r\nSTARTTLS\r\n")
+    assert isinstance(send, Send) and isinstance(upgrade, UpgradeToTLS)
+    assert session.resolve(upgrade, ConnectionResetError(104, "Connection reset by peer")) == [
+        Close()
+    ]
+    [line] = [r.getMessage() for r in caplog.records if "TLS" in r.getMessage()]
+    assert line == "TLS handshake failed: the client closed the connection during the handshake"
