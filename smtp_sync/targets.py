@@ -116,12 +116,12 @@ def _in_directory(text: str, prefix: str, kind: type[_MaildirTarget | _EmlTarget
         ) from None
 
 
-def maildir_target(text: str) -> Handler:
+def _maildir_target(text: str) -> Handler:
     """``maildir:DIR``: a Maildir, created if missing (relative to the working directory)."""
     return _in_directory(text, "maildir:", _MaildirTarget)
 
 
-def eml_target(text: str) -> Handler:
+def _eml_target(text: str) -> Handler:
     """``eml:DIR``: one ``<id>.eml`` file per message in DIR, created if missing."""
     return _in_directory(text, "eml:", _EmlTarget)
 
@@ -131,7 +131,7 @@ class _DiscardTarget(Discard):
         return "discard"
 
 
-def discard_target(text: str) -> Handler:
+def _discard_target(text: str) -> Handler:
     """``discard``: accept and forget."""
     if text.strip() != "discard":
         raise ValueError(f"target {text!r}: discard takes nothing after it: write discard")
@@ -162,7 +162,7 @@ class _AsyncPython(_Python):
         return await self._handler(envelope)
 
 
-def python_target(text: str) -> Handler:
+def _python_target(text: str) -> Handler:
     """``python:module:callable``: a handler of the user's own, imported now, at start.
 
     The module is found on the Python path, or in the working directory (as ``python -m``
@@ -191,9 +191,9 @@ def python_target(text: str) -> Handler:
 
 #: Every scheme, in the order the docs list them. Longer prefixes are tried first.
 SCHEMES: tuple[Scheme, ...] = (
-    Scheme("maildir:", "maildir:DIR", maildir_target),
-    Scheme("eml:", "eml:DIR", eml_target),
-    Scheme("discard", "discard", discard_target),
+    Scheme("maildir:", "maildir:DIR", _maildir_target),
+    Scheme("eml:", "eml:DIR", _eml_target),
+    Scheme("discard", "discard", _discard_target),
     Scheme("reject", "reject[:CODE X.Y.Z TEXT]", "smtp_sync._step:reject_target"),
     Scheme("http://", "http://HOST/PATH", "smtp_sync._webhook:webhook_target"),
     Scheme("https://", "https://HOST/PATH", "smtp_sync._webhook:webhook_target"),
@@ -202,7 +202,7 @@ SCHEMES: tuple[Scheme, ...] = (
     Scheme("smtps://", "smtps://HOST:PORT", "smtp_sync._forward:forward_target"),
     Scheme("lmtp://", "lmtp://HOST:PORT", "smtp_sync._forward:forward_target"),
     Scheme("lmtp+unix://", "lmtp+unix:///PATH", "smtp_sync._forward:forward_target"),
-    Scheme("python:", "python:MODULE:CALLABLE", python_target),
+    Scheme("python:", "python:MODULE:CALLABLE", _python_target),
 )
 
 _BY_LENGTH = sorted(SCHEMES, key=lambda scheme: -len(scheme.prefix))
