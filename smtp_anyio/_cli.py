@@ -55,9 +55,10 @@ from smtp_core import (
 )
 from smtp_sync import Server as SyncServer
 from smtp_sync._auth_file import AuthFilePolicy, hash_password, load_auth_file
-from smtp_sync.handlers import Discard, EmlDirectory, Maildir, Printer
+from smtp_sync.handlers import Discard, Printer
+from smtp_sync.targets import targets as build_targets
 
-from . import _systemd
+from . import _config_file, _systemd
 from ._client import connect
 from ._operations import JSONFormatter, MetricsEndpoint, Reloader, TextFormatter, server_context
 from ._server import Server
@@ -68,6 +69,7 @@ __all__ = ["main"]
 #: What ``serve`` says about itself (listening, stopping, why it cannot start): plain
 #: ``smtpmux: ...`` lines in text mode, JSON objects like every other line with --log-format json.
 status = logging.getLogger("smtpmux.cli")
+log = logging.getLogger("smtpmux.server")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,6 +84,31 @@ class _BadArguments(Exception):
 
 class UsageError(Exception):
     """A bad option value: reported as one line, exit code 2."""
+
+
+class _Replace(argparse._AppendAction):
+    """A repeatable option whose command-line values replace the default (the config file's
+    list) instead of adding to it: ``--listen`` on the command line overrides the file's."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        items = getattr(namespace, self.dest, None)
+        items = [] if items is None or items is self.default else list(items)
+        setattr(namespace, self.dest, [*items, values])
+
+
+def _route(text: str) -> tuple[str, str]:
+    pattern, equals, target = text.partition("=")
+    if not equals or not pattern.strip() or not target.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected PATTERN=TARGET, e.g. '*@example.com=maildir:./mail', got {text!r}"
+        )
+    return pattern.strip(), target.strip()
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -156,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--listen",
-        action="append",
+        action=_Replace,
         type=_host_port,
         metavar="HOST:PORT",
         help="plain SMTP listener with STARTTLS when a certificate is given "
@@ -164,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--tls-listen",
-        action="append",
+        action=_Replace,
         type=_host_port,
         default=[],
         metavar="HOST:PORT",
@@ -172,6 +199,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain")
     serve.add_argument("--tls-key", metavar="FILE", help="PEM private key (default: in --tls-cert)")
+    serve.add_argument(
+        "--route",
+        action=_Replace,
+        type=_route,
+        default=[],
+        metavar="PATTERN=TARGET",
+        help="deliver mail for PATTERN (bob@example.com, *@example.com, sales@*, *@*) to TARGET "
+        "(maildir:DIR, lmtp://HOST:PORT, https://URL, discard, reject, ... see docs/routes.md); "
+        "repeatable; the same PATTERN twice delivers to both",
+    )
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read options and [[route]] tables from this TOML file (options given on the "
+        "command line override it); SIGHUP reloads it",
+    )
+    serve.add_argument(
+        "--check",
+        action="store_true",
+        help="check the options and the file, print the routes in lookup order, and exit",
+    )
+    serve.add_argument(
+        "--recipient-delimiter",
+        metavar="SEPARATOR",
+        help="route bob+tag@ as bob@: a local part ends at SEPARATOR (e.g. +)",
+    )
+    serve.add_argument(
+        "--fold-case", action="store_true", help="route Bob@ as bob@ (local parts ignore case)"
+    )
+    serve.add_argument(
+        "--ignore-dots", action="store_true", help="route b.o.b@ as bob@ (dots are ignored)"
+    )
     store = serve.add_mutually_exclusive_group()
     store.add_argument(
         "--maildir", metavar="DIR", help="deliver into this Maildir (default ./mail)"
@@ -190,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--relay-domain",
-        action="append",
+        action=_Replace,
         type=_domain,
         default=[],
         metavar="DOMAIN",
@@ -242,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--lmtp", action="store_true", help="speak LMTP (RFC 2033) instead of SMTP")
     serve.add_argument(
         "--proxy-protocol",
-        action="append",
+        action=_Replace,
         default=[],
         metavar="ADDRESS",
         help="accept a PROXY v1/v2 header from this peer address (repeatable)",
@@ -282,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://HOST:PORT/metrics",
     )
     _add_send(commands)
+    check = commands.add_parser(
+        "check-config", help="check a --config file and print its routes in lookup order"
+    )
+    check.add_argument("file", metavar="FILE", help="the TOML file")
     hashing = commands.add_parser("hash-password", help="print a salted hash for --auth-file")
     hashing.add_argument(
         "password",
@@ -340,20 +403,110 @@ def _pem_file(option: str, path: str) -> str:
         raise UsageError(f"cannot read {option} {path}: {exc.strerror or exc}") from None
 
 
-async def _discard(envelope: Envelope) -> None:
-    """--discard on an event loop: nothing blocks, so no worker thread per message."""
+class _AsyncDiscard:
+    """discard on an event loop: nothing blocks, so no worker thread per message."""
+
+    async def __call__(self, envelope: Envelope) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "discard"
 
 
-def _handler(args: argparse.Namespace) -> Any:
+#: the shorthands for a ``*@*`` route: option -> the target prefix of its value
+_SHORTHANDS = {"--maildir": "maildir:", "--eml-dir": "eml:", "--discard": "discard"}
+
+
+def _routes(args: argparse.Namespace) -> list[_config_file.FileRoute]:
+    """The routes to serve: the file's, with those the command line gives for the same pattern
+    replaced (``--route`` twice with one pattern is a fan-out to both); ``*@*`` ->
+    ``maildir:./mail`` when there is none at all."""
+    options = _router_options(args)
+    given: list[_config_file.FileRoute] = []
+    for pattern, target in args.route:
+        index = _same_pattern(given, pattern, options)
+        if index is None:
+            given.append(_config_file.FileRoute(pattern, (target,), "--route"))
+        else:
+            old = given[index]
+            given[index] = attrs.evolve(old, targets=(*old.targets, target))
+    for option, prefix in _SHORTHANDS.items():
+        value = getattr(args, option[2:].replace("-", "_"))
+        if not value:
+            continue
+        index = _same_pattern(given, "*@*", options)
+        if index is not None:
+            raise UsageError(
+                f"{option} and --route '{given[index].pattern}=...' both say where *@* goes: "
+                "keep one of them"
+            )
+        shorthand = prefix if value is True else f"{prefix}{value}"
+        given.append(_config_file.FileRoute("*@*", (shorthand,), option))
+    routes = [
+        route
+        for route in getattr(args, "file_routes", [])
+        if _same_pattern(given, route.pattern, options) is None
+    ]
+    routes += given
+    return routes or [_config_file.FileRoute("*@*", ("maildir:./mail",), "the default route")]
+
+
+def _same_pattern(
+    routes: list[_config_file.FileRoute], pattern: str, options: dict[str, Any]
+) -> int | None:
+    """The index of the route whose pattern equals ``pattern`` (as the Router compares)."""
+    for index, route in enumerate(routes):
+        probe: Router[int] = Router(**options)
+        try:
+            probe.add(route.pattern, index)
+        except ValueError:
+            continue  # reported when the router is built
+        if pattern in probe:
+            return index
+    return None
+
+
+def _router_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "fold_case": args.fold_case,
+        "ignore_dots": args.ignore_dots,
+        "subaddress_separator": args.recipient_delimiter or None,
+    }
+
+
+def _router(args: argparse.Namespace) -> Router[Any]:
+    """Every route's handler, built now: a bad target stops the start, not the first message."""
     try:
-        if args.discard:
-            return Discard() if args.backend == "sync" or args.debug else _discard
-        if args.eml_dir:
-            return EmlDirectory(args.eml_dir)
-        return Maildir(args.maildir or "mail")
-    except OSError as exc:
-        option = "--eml-dir" if args.eml_dir else "--maildir"
-        raise UsageError(f"cannot use {option}: {exc}") from None
+        router: Router[Any] = Router(**_router_options(args))
+    except ValueError as exc:
+        raise UsageError(f"--recipient-delimiter: {exc}") from None
+    for route in _routes(args):
+        where = route.where if route.where != "--route" else f"--route '{route.pattern}=...'"
+        try:
+            handler = build_targets(list(route.targets))
+        except ValueError as exc:
+            raise UsageError(f"{where}: {exc}") from None
+        if isinstance(handler, Discard) and args.backend != "sync" and not args.debug:
+            handler = _AsyncDiscard()
+        if args.debug and not hasattr(handler, "begin"):
+            handler = _debugging(handler, args.log_format)
+        try:
+            router.add(route.pattern, handler)
+        except ValueError as exc:
+            raise UsageError(f"{where}: {exc}") from None
+    return router
+
+
+def _routing_table(router: Router[Any]) -> list[tuple[str, str]]:
+    """(pattern, target) in the order a lookup tries them: (local, domain), (*, domain),
+    (local, *), (*, *); alphabetical within each."""
+
+    def rank(pattern: str) -> tuple[int, str]:
+        local, _, domain = pattern.rpartition("@")
+        return (2 * (domain == "*") + (local == "*"), pattern.lower())
+
+    items = sorted(router.items(), key=lambda item: rank(item[0]))
+    return [(pattern, repr(getattr(handler, "target", handler))) for pattern, handler in items]
 
 
 def _servers(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -382,9 +535,7 @@ def _servers(args: argparse.Namespace) -> list[dict[str, Any]]:
             raise UsageError(f"cannot read --auth-file: {exc}") from None
     else:
         policy = Policy(**limits)
-    router: Router[Any] = Router()
-    handler = _handler(args)
-    router.add("*@*", _debugging(handler, args.log_format) if args.debug else handler)
+    router = _router(args)
     metrics = Metrics(lock=threading.Lock())  # one per process, read by --metrics
     connection_limits = ConnectionLimits(
         max_connections=args.max_connections,
@@ -476,6 +627,7 @@ def _debugging(handler: Any, log_format: str) -> Any:
             printer(envelope)
         handler(envelope)
 
+    deliver.target = handler  # type: ignore[attr-defined]  # what check-config shows
     return deliver
 
 
@@ -506,6 +658,7 @@ async def _serve_anyio(process: _Process) -> None:
                     servers.append(await stack.enter_async_context(Server(**options)))
                 except OSError as exc:
                     raise _cannot_listen(options, exc) from None
+            process.reloader.serving(servers)
             for server in servers if process.announce else ():  # all of them, or none
                 _announce(server.host, server.port, server.implicit_tls)
             process.ready()
@@ -526,6 +679,84 @@ async def _serve_anyio(process: _Process) -> None:
                 status.info("stopping")
                 _systemd.notify("STOPPING=1")
     process.tick()  # the final counts, once every session has ended
+
+
+def _print_check(args: argparse.Namespace, router: Router[Any]) -> None:
+    """``check-config``: what was checked, and the routes in the order a lookup tries them."""
+    print(f"{args.config or 'the options'}: OK")
+    options = [
+        f"recipient_delimiter {args.recipient_delimiter!r}" if args.recipient_delimiter else "",
+        "fold_case" if args.fold_case else "",
+        "ignore_dots" if args.ignore_dots else "",
+    ]
+    if any(options):
+        print("router: " + ", ".join(filter(None, options)))
+    table = _routing_table(router)
+    print("routes, in lookup order:")
+    width = max(len(pattern) for pattern, _ in table)
+    for pattern, target in table:
+        print(f"  {pattern:<{width}}  ->  {target}")
+    if not any(pattern == "*@*" for pattern, _ in table):
+        print(f"  {'(other)':<{width}}  ->  refused at RCPT: 550 5.1.1")
+
+
+#: options a reload cannot change in a running process: they say how it listens and runs
+_RESTART_ONLY = (
+    *("listen", "tls_listen", "backend", "workers", "metrics"),
+    *("log_format", "debug", "quiet"),
+)
+
+
+class _FileReloader(Reloader):
+    """SIGHUP with ``--config``: the whole configuration again, file and command line, built
+    whole (every target, the certificate, the users) before any of it is swapped in; a file
+    that fails anywhere is logged and the old configuration kept.
+
+    The running servers get the new router, policy and settings for the connections that come
+    after; a connection already open keeps the ones it started with until it ends, so a
+    transaction never sees half of each. The TLS certificate changes at the next handshake
+    (see Reloader), the connection limits at once. The option dicts are updated too, so a
+    ``--workers`` child forked after the reload starts with the new configuration.
+    """
+
+    def start(self, args: argparse.Namespace, servers: list[dict[str, Any]]) -> None:
+        self.args, self.servers = args, servers
+        self.running: list[Any] = []
+
+    def serving(self, servers: list[Any]) -> None:
+        self.running = servers
+
+    def reload(self) -> None:
+        try:
+            args = _parse(self.args.arguments)
+            fresh = _servers(args)[0]
+        except (UsageError, _config_file.ConfigError, _BadArguments, OSError) as exc:
+            log.error("kept the old configuration: %s", exc)
+            return
+        changed = [
+            name for name in _RESTART_ONLY if getattr(args, name) != getattr(self.args, name)
+        ]
+        if (fresh["ssl_context"] is None) != (self.context is None):
+            changed.append("tls_cert")
+        for name in changed:
+            log.warning("%s changed in %s: restart smtpmux to apply it", name, args.config)
+        if self.context is not None and fresh["ssl_context"] is not None:
+            self.current, self.cert, self.key = fresh["ssl_context"], args.tls_cert, args.tls_key
+        self.policy, self.auth_file = fresh["policy"], args.auth_file
+        swapped = {key: fresh[key] for key in ("router", "policy", "config", "proxy_protocol_from")}
+        for options in self.servers:
+            options.update(swapped)
+        admission: Admission[Any] = self.servers[0]["admission"]
+        with admission.lock:
+            admission.update(fresh["admission"].limits, exempt=fresh["proxy_protocol_from"])
+        for server in self.running:
+            config = swapped["config"]
+            if server.ssl_context is not None and not server.implicit_tls:
+                config = attrs.evolve(config, starttls=True)
+            server.router, server.policy, server.config = swapped["router"], fresh["policy"], config
+            server.proxy_protocol_from = swapped["proxy_protocol_from"]
+        self.args = args
+        log.info("reloaded %s: %d routes", args.config, len(swapped["router"]))
 
 
 def _reload(reloader: Reloader) -> None:
@@ -552,6 +783,7 @@ def _announce(host: str, port: int, implicit_tls: bool) -> None:
 
 def _serve_sync(process: _Process) -> None:
     running = [SyncServer(**options) for options in process.servers]
+    process.reloader.serving(running)
     stopping, done = threading.Event(), threading.Event()
 
     def stop(signum: int, frame: object) -> None:
@@ -651,10 +883,16 @@ def _serve(args: argparse.Namespace) -> int:
     _configure_logging(args)
     try:
         servers = _servers(args)
+        if args.check:
+            _print_check(args, servers[0]["router"])
+            return 0
         first = servers[0]
-        reloader = Reloader(
+        kind = _FileReloader if args.config else Reloader
+        reloader = kind(
             first["ssl_context"], args.tls_cert, args.tls_key, first["policy"], args.auth_file
         )
+        if isinstance(reloader, _FileReloader):
+            reloader.start(args, servers)
         if args.workers > 1:
             return _supervise(args, servers, reloader)
         metrics: Metrics = first["metrics"]
@@ -715,7 +953,7 @@ def _supervise(args: argparse.Namespace, servers: list[dict[str, Any]], reloader
         _ready()  # every worker is listening
 
     try:
-        return supervise(args.workers, worker, announce, board)
+        return supervise(args.workers, worker, announce, board, reload=reloader.reload)
     finally:
         if endpoint is not None:
             endpoint.stop()
@@ -723,11 +961,41 @@ def _supervise(args: argparse.Namespace, servers: list[dict[str, Any]], reloader
             sock.close()
 
 
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    found: argparse.ArgumentParser = commands.choices[name]
+    return found
+
+
+def _parse(arguments: list[str]) -> argparse.Namespace:
+    """The options: the command line's over those of a ``--config`` file (whose values become
+    the defaults, so one parser checks both). ``check-config FILE`` is ``serve --config FILE
+    --check``. Raises _BadArguments or ConfigError."""
+    parser = build_parser()
+    args = parser.parse_args(arguments)
+    if args.command == "check-config":
+        arguments = ["serve", "--config", args.file, "--check"]
+        args = parser.parse_args(arguments)
+    if args.command != "serve":
+        return args
+    routes: list[_config_file.FileRoute] = []
+    if args.config:
+        serve = _subparser(parser, "serve")
+        values, routes = _config_file.load(args.config, serve)
+        serve.set_defaults(**values)
+        args = parser.parse_args(arguments)
+    args.file_routes = routes
+    args.arguments = arguments  # what a reload parses again
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(arguments)
-    except _BadArguments as exc:
+        args = _parse(arguments)
+    except (_BadArguments, _config_file.ConfigError) as exc:
+        if isinstance(exc, _config_file.ConfigError):
+            exc = _BadArguments(f"smtpmux: {exc}")
         if "--log-format=json" in arguments or any(  # JSON even before the options parse
             pair == ("--log-format", "json") for pair in itertools.pairwise(arguments)
         ):

@@ -141,6 +141,10 @@ class Reloader:
         if current is not None and current is not connection.context:
             connection.context = current
 
+    def serving(self, servers: list[Any]) -> None:
+        """The servers this process runs (a reload of the whole configuration swaps their
+        router and policy; this one reloads only what the servers share)."""
+
     def reload(self) -> None:
         if self.context is not None and self.cert:
             try:

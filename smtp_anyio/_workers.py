@@ -118,12 +118,18 @@ def share_listeners(servers: list[dict[str, Any]]) -> list[socket.socket]:
 
 
 def supervise(
-    workers: int, run: Worker, announce: Callable[[], None], board: MetricsBoard | None = None
+    workers: int,
+    run: Worker,
+    announce: Callable[[], None],
+    board: MetricsBoard | None = None,
+    reload: Callable[[], None] | None = None,
 ) -> int:
     """Run ``workers`` forks of ``run`` until SIGTERM/SIGINT; 0 on a clean stop.
 
     ``run(number, ready)`` serves as worker ``number`` (1..N, also its slot on ``board``) and
     calls ``ready()`` once listening. ``announce`` runs once every worker is listening.
+    ``reload`` runs here on SIGHUP (before the workers get it), so that a worker forked later
+    starts with what the running ones reloaded.
     """
     ready_read, ready_write = os.pipe()
     # Only the first generation reports readiness; later forks must not touch these numbers,
@@ -155,6 +161,8 @@ def supervise(
         nonlocal stopping
         if signum == signal.SIGHUP:
             _systemd.notify(_systemd.reloading())  # each worker reloads on its own
+            if reload is not None:
+                reload()
         elif not stopping:
             status.info("stopping")
             _systemd.notify("STOPPING=1")

@@ -171,6 +171,13 @@ class Admission(Generic[Handle]):
         self._stress_at = max(1, math.ceil(limits.max_connections * limits.stress_level))
         self._stress_timeout = limits.stress_timeout
 
+    def update(self, limits: ConnectionLimits, *, exempt: frozenset[str]) -> None:
+        """New limits (a configuration reload): they apply to the next connection; the ones
+        admitted stay. Call under ``lock``."""
+        self.limits, self.exempt = limits, exempt
+        self._stress_at = max(1, math.ceil(limits.max_connections * limits.stress_level))
+        self._stress_timeout = limits.stress_timeout
+
     @property
     def open(self) -> int:
         """Connections admitted and not yet gone (those being evicted included)."""

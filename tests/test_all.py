@@ -91,7 +91,11 @@ def test_the_guard_notices_an_unlisted_name() -> None:
 
 
 #: the command line's own, caught in main() and printed as one line: never seen in a traceback
-INTERNAL_EXCEPTIONS = {"smtp_anyio._cli.UsageError", "smtp_anyio._cli._BadArguments"}
+INTERNAL_EXCEPTIONS = {
+    "smtp_anyio._cli.UsageError",
+    "smtp_anyio._cli._BadArguments",
+    "smtp_anyio._config_file.ConfigError",
+}
 
 
 @pytest.mark.parametrize("package", PACKAGES)
