@@ -121,6 +121,8 @@ class _Reader:
             if mine and key is not None and re.match(rf"\s*\"?{re.escape(key)}\"?\s*=", line):
                 found = number
                 break
+        if found is None and key is not None and index is not None:
+            return self.where(table, None, index)  # a key that is missing: its table's line
         return f"{self.path}:{found}" if found else self.path
 
     def fail(self, table: str, key: str | None, problem: str, index: int | None = None) -> NoReturn:
