@@ -4,6 +4,7 @@ command line around it is tested as a subprocess in test_cli_routes.py)."""
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -306,3 +307,27 @@ def test_without_routes_everything_goes_to_one_place(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert table(tmp_path, "", *options) == expected
+
+
+ROOT = Path(__file__).resolve().parent.parent
+TOML_BLOCKS = [
+    (path, match[1])
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    for match in re.finditer(r"^```toml\n(.*?)^```", path.read_text(encoding="utf-8"), re.S | re.M)
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "text"), TOML_BLOCKS, ids=[f"{p.name}-{i}" for i, (p, _) in enumerate(TOML_BLOCKS)]
+)
+def test_every_toml_example_of_the_docs_is_a_file_smtpmux_reads(
+    tmp_path: Path, path: Path, text: str
+) -> None:
+    """Every key and value the docs show is accepted (the targets are built by
+    test_cli_routes.py's test of the docs' complete example)."""
+    args = parse(tmp_path, text)
+    assert args.file_routes
+
+
+def test_the_docs_have_toml_examples() -> None:
+    assert {path.name for path, _ in TOML_BLOCKS} >= {"README.md", "routes.md"}
