@@ -11,6 +11,7 @@ import contextlib
 import errno
 import getpass
 import importlib.metadata
+import inspect
 import io
 import itertools
 import logging
@@ -486,6 +487,11 @@ def _router(args: argparse.Namespace) -> Router[Any]:
             handler = build_targets(list(route.targets))
         except ValueError as exc:
             raise UsageError(f"{where}: {exc}") from None
+        if args.backend == "sync" and _is_async(handler):
+            raise UsageError(
+                f"{where}: {handler!r} is async, and --backend sync calls handlers in its "
+                "threads: use --backend asyncio or trio, or make it a plain function"
+            )
         if isinstance(handler, Discard) and args.backend != "sync" and not args.debug:
             handler = _AsyncDiscard()
         if args.debug and not hasattr(handler, "begin"):
@@ -611,11 +617,17 @@ class _ThreadedAuthFilePolicy(AuthFilePolicy):
         return await anyio.to_thread.run_sync(self.check, credentials, limiter=self._limiter)
 
 
+def _is_async(handler: object) -> bool:
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004 - handler objects
+    )
+
+
 def _debugging(handler: Any, log_format: str) -> Any:
     """--debug prints each message; with --log-format json as one record, like every line."""
     printer = Printer(sys.stderr)
 
-    def deliver(envelope: Any) -> None:
+    def show(envelope: Any) -> None:
         if log_format == "json":
             text = io.StringIO()
             Printer(text)(envelope)
@@ -625,10 +637,18 @@ def _debugging(handler: Any, log_format: str) -> Any:
             )
         else:
             printer(envelope)
-        handler(envelope)
 
-    deliver.target = handler  # type: ignore[attr-defined]  # what check-config shows
-    return deliver
+    def deliver(envelope: Any) -> Any:
+        show(envelope)
+        return handler(envelope)
+
+    async def deliver_async(envelope: Any) -> Any:  # an async handler stays one (python:)
+        show(envelope)
+        return await handler(envelope)
+
+    chosen: Any = deliver_async if _is_async(handler) else deliver
+    chosen.target = handler  # what check-config shows
+    return chosen
 
 
 @attrs.define

@@ -149,6 +149,8 @@ class _Python:
         return self._handler(envelope)
 
     def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("_"):  # ours (not set yet while copying), or private
+            raise AttributeError(attribute)
         return getattr(self._handler, attribute)
 
     def __repr__(self) -> str:

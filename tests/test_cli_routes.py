@@ -408,3 +408,30 @@ def test_the_company_example_of_the_docs_loads(
         "*@*",
     ]
     assert "->  discard" in done.stdout and "->  lmtp://127.0.0.1:24" in done.stdout
+
+
+@pytest.mark.parametrize("debug", [[], ["--debug"]], ids=["plain", "debug"])
+@pytest.mark.parametrize("kind", ["def", "async def"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_python_targets_sync_and_async_on_every_backend(
+    smtpmux: Start, tmp_path: Path, backend: str, kind: str, debug: list[str]
+) -> None:
+    """An ``async def`` handler is awaited (also under --debug, which wraps it to print the
+    message); --backend sync, which cannot await, refuses it at start with one line."""
+    (tmp_path / "asynchandlers.py").write_text(
+        "import pathlib\n"
+        f"{kind} deliver(envelope):\n"
+        "    pathlib.Path('seen.txt').write_text(envelope.mail_from)\n"
+    )
+    options = ["--listen", "127.0.0.1:0", "--backend", backend, *debug]
+    options += ["--route", "*@*=python:asynchandlers:deliver"]
+    if backend == "sync" and kind == "async def":
+        done = run("serve", *options, cwd=tmp_path)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert "python:asynchandlers:deliver is async, and --backend sync" in done.stderr
+        return
+    server = smtpmux("serve", *options)
+    [port] = server.listening()
+    send(port)
+    assert (tmp_path / "seen.txt").read_text() == "a@example.org"
+    stopped_cleanly(server)
