@@ -3,16 +3,19 @@ scratch directory, real mail over smtplib, Maildirs read back, SIGHUP sent to th
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import os
 import re
 import signal
 import smtplib
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from smtp_anyio import _cli, _config_file
 
@@ -434,4 +437,52 @@ def test_python_targets_sync_and_async_on_every_backend(
     [port] = server.listening()
     send(port)
     assert (tmp_path / "seen.txt").read_text() == "a@example.org"
+    stopped_cleanly(server)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sighup_takes_users_and_certificate_from_the_new_file(
+    smtpmux: Start, tmp_path: Path, backend: str
+) -> None:
+    """The reloaded file may name other files: the new auth file's users and the new
+    certificate serve the next connections."""
+    ca = trustme.CA()
+    for name in ("one", "two"):
+        issued = ca.issue_cert("127.0.0.1")
+        issued.cert_chain_pems[0].write_to_path(str(tmp_path / f"{name}.pem"))
+        issued.private_key_pem.write_to_path(str(tmp_path / f"{name}.key"))
+    (tmp_path / "users-one").write_text("alice:{PLAIN}first\n")
+    (tmp_path / "users-two").write_text("bob:{PLAIN}second\n")
+
+    def write(name: str) -> None:
+        (tmp_path / "smtpmux.toml").write_text(
+            f'listen = ["127.0.0.1:0"]\n[tls]\ncert = "{name}.pem"\nkey = "{name}.key"\n'
+            f'[auth]\nfile = "users-{name}"\n'
+            '[[route]]\nmatch = "*@*"\ndeliver = "discard"\n'
+        )
+
+    write("one")
+    server = smtpmux("serve", "--config", "smtpmux.toml", "--backend", backend)
+    [port] = server.listening()
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+
+    def login(user: str, password: str) -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.starttls(context=context)
+            der = client.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+            client.ehlo()
+            token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+            return client.docmd("AUTH", f"PLAIN {token}")[0], der or b""
+
+    def served(name: str) -> bytes:
+        pem = (tmp_path / f"{name}.pem").read_text()
+        return ssl.PEM_cert_to_DER_cert(pem)
+
+    assert login("alice", "first") == (235, served("one"))
+    write("two")
+    server.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reloaded smtpmux.toml" in server.stderr_so_far())
+    assert login("alice", "first") == (535, served("two"))
+    assert login("bob", "second") == (235, served("two"))
     stopped_cleanly(server)
