@@ -758,8 +758,10 @@ class _FileReloader(Reloader):
         ]
         if (fresh["ssl_context"] is None) != (self.context is None):
             changed.append("tls_cert")
+        keys = {dest: f"[{t}] {k}" if t else k for (t, k), dest in _config_file.FILE_KEYS.items()}
         for name in changed:
-            log.warning("%s changed in %s: restart smtpmux to apply it", name, args.config)
+            key = keys.get(name, name)
+            log.warning("%s changed in %s: restart smtpmux to apply it", key, args.config)
         if self.context is not None and fresh["ssl_context"] is not None:
             self.current, self.cert, self.key = fresh["ssl_context"], args.tls_cert, args.tls_key
         self.policy, self.auth_file = fresh["policy"], args.auth_file

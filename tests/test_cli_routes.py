@@ -486,3 +486,29 @@ def test_sighup_takes_users_and_certificate_from_the_new_file(
     assert login("alice", "first") == (535, served("two"))
     assert login("bob", "second") == (235, served("two"))
     stopped_cleanly(server)
+
+
+def test_a_reload_applies_settings_and_says_what_needs_a_restart(
+    smtpmux: Start, tmp_path: Path
+) -> None:
+    config = tmp_path / "smtpmux.toml"
+    config.write_text('listen = ["127.0.0.1:0"]\nhostname = "one.example"\n')
+    server = smtpmux("serve", "--config", "smtpmux.toml")
+    [port] = server.listening()
+
+    def greeting() -> bytes:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            return client.ehlo()[1]
+
+    assert greeting().startswith(b"one.example")
+    config.write_text(
+        'listen = ["127.0.0.1:1"]\nhostname = "two.example"\nbackend = "trio"\n'
+        '[logging]\nformat = "text"\n'  # the default: not a change
+    )
+    server.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reloaded smtpmux.toml" in server.stderr_so_far())
+    assert greeting().startswith(b"two.example")  # still on the old port, with the new name
+    stderr = stopped_cleanly(server)
+    assert "backend changed in smtpmux.toml: restart smtpmux to apply it" in stderr
+    assert "listen changed in smtpmux.toml: restart smtpmux to apply it" in stderr
+    assert "format changed" not in stderr
