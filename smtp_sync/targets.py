@@ -88,7 +88,7 @@ def _lazy(reference: str, scheme: str) -> Callable[[str], Handler]:
 
 class _MaildirTarget(Maildir):
     def __init__(self, directory: str) -> None:
-        super().__init__(directory)
+        super().__init__(os.path.expanduser(directory))  # maildir:~/Maildir
         self.directory = directory  #: as written in the target
 
     def __repr__(self) -> str:
@@ -97,7 +97,7 @@ class _MaildirTarget(Maildir):
 
 class _EmlTarget(EmlDirectory):
     def __init__(self, directory: str) -> None:
-        super().__init__(directory)
+        super().__init__(os.path.expanduser(directory))
         self.directory = directory
 
     def __repr__(self) -> str:

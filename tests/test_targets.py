@@ -256,3 +256,11 @@ def test_message_id_from_a_spooled_file(envelope: Envelope, tmp_path: Path) -> N
 )
 def test_outcomes_are_rejects_with_the_reply(made: Reject, code: int, enhanced: str) -> None:
     assert (made.reply.code, made.reply.enhanced) == (code, enhanced)
+
+
+def test_a_directory_may_start_with_a_tilde(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(workdir / "home"))
+    assert repr(target("maildir:~/Maildir")) == "maildir:~/Maildir"
+    assert (workdir / "home" / "Maildir" / "new").is_dir()
+    target("eml:~/eml")
+    assert (workdir / "home" / "eml").is_dir()
