@@ -331,3 +331,25 @@ def test_every_toml_example_of_the_docs_is_a_file_smtpmux_reads(
 
 def test_the_docs_have_toml_examples() -> None:
     assert {path.name for path, _ in TOML_BLOCKS} >= {"README.md", "routes.md"}
+
+
+def test_every_serve_option_is_in_the_readme_and_cli_md() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    cli = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    options = {o for a in serve_actions().values() for o in a.option_strings if o != "-h"}
+    assert {o for o in options if f"`{o}" not in readme} == set()
+    assert {o for o in options if o not in cli} == set()
+    assert "smtpmux check-config" in readme and "smtpmux check-config" in cli
+
+
+def test_every_key_of_the_file_is_in_routes_md() -> None:
+    """routes.md's table of the file's keys names each one in its table's row."""
+    text = (ROOT / "docs" / "routes.md").read_text(encoding="utf-8")
+    rows = {
+        row.split("|")[1].strip(): row
+        for row in text.splitlines()
+        if row.startswith("| `[") or row.startswith("| top level")
+    }
+    for table, key in FILE_KEYS:
+        row = rows["top level" if not table else f"`[{table}]`"]
+        assert f"`{key}`" in row, (table, key)
