@@ -143,7 +143,7 @@ class _Reader:
                     self.option(key, inner, item, values)
             else:
                 self.option("", key, value, values)
-        return values, self.routes(document.get("route", []))
+        return values, self.routes(document.get("route", []), values)
 
     def option(self, table: str, key: str, value: Any, values: dict[str, Any]) -> None:
         dest = FILE_KEYS.get((table, key))
@@ -182,13 +182,20 @@ class _Reader:
             raise ValueError(f"expected one of {choices}, got {value!r}")
         return converted
 
-    def routes(self, tables: Any) -> list[FileRoute]:
+    def routes(self, tables: Any, values: dict[str, Any]) -> list[FileRoute]:
         if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
             self.fail(
                 "", "route", 'write each route as a [[route]] table: match = "...", deliver = "..."'
             )
         routes: list[FileRoute] = []
-        probe: Router[int] = Router()  # finds equal patterns (Bob@EXAMPLE.com, bob@example.com)
+        try:  # finds equal patterns (bob@EXAMPLE.com and bob@example.com; with fold_case, Bob@)
+            probe: Router[int] = Router(
+                fold_case=values.get("fold_case", False),
+                ignore_dots=values.get("ignore_dots", False),
+                subaddress_separator=values.get("recipient_delimiter") or None,
+            )
+        except ValueError as exc:
+            self.fail("router", "recipient_delimiter", str(exc))
         for index, table in enumerate(tables):
             for key in table:
                 if key not in _ROUTE_KEYS:
