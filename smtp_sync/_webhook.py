@@ -27,7 +27,7 @@ import httpx
 
 from smtp_core import Envelope, Reject, Reply
 
-from ._message import message_chunks, message_id, reply_text
+from ._message import message_chunks, message_id, message_size, reply_text
 
 __all__ = ["SIGNED_HEADERS", "Webhook", "signature_base", "webhook_target"]
 
@@ -197,22 +197,21 @@ class Webhook:
         head = envelope.received_header()
         headers = envelope_headers(envelope)
         headers["Content-Type"] = "message/rfc822"
-        length = 0
-        digest = hashlib.sha256()
-        for chunk in message_chunks(envelope, head):  # a first pass: the length and digest
-            length += len(chunk)
-            if self._secret is not None:
-                digest.update(chunk)
-        headers["Content-Length"] = str(length)  # no chunked encoding: every server takes it
+        # A Content-Length, not chunked encoding: every web server takes it.
+        headers["Content-Length"] = str(len(head) + message_size(envelope))
         if self._secret is not None:
+            digest = hashlib.sha256()
+            for chunk in message_chunks(envelope, head):  # a first pass over the spool file
+                digest.update(chunk)
             headers["X-Smtpmux-Timestamp"] = str(int(time.time()))
             base = signature_base(headers, digest.hexdigest())
             mac = hmac.new(self._secret, base, hashlib.sha256).hexdigest()
             headers["X-Smtpmux-Signature"] = f"sha256={mac}"
         body: Iterator[bytes] = message_chunks(envelope, head)
+        client = self._http()
         try:
-            request = self._http().build_request("POST", self.url, headers=headers, content=body)
-            response = self._http().send(request, stream=True)
+            request = client.build_request("POST", self.url, headers=headers, content=body)
+            response = client.send(request, stream=True)
         except httpx.TransportError as exc:  # refused, reset, DNS, TLS, timeout
             log.warning(
                 "webhook %r: message %s not delivered: %s: %s",
