@@ -77,7 +77,9 @@ class _Drain(threading.Thread):
         self.kept = b""
 
     def run(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
+        # The thread closes the pipe itself: closing it from another thread while this one
+        # reads it could close a descriptor number that has been reused meanwhile.
+        with self.stream, contextlib.suppress(OSError, ValueError):
             while chunk := os.read(self.stream.fileno(), 65536):
                 if len(self.kept) < _STDERR_KEPT:
                     self.kept += chunk[: _STDERR_KEPT - len(self.kept)]
@@ -133,8 +135,7 @@ class Pipe:
             if process.poll() is None:  # only if _feed raised (e.g. the spool failed)
                 kill()
                 process.wait()
-        stderr.join(timeout=5)  # a grandchild holding stderr open does not hold us here
-        process.stderr.close()
+        stderr.join(timeout=2)  # a grandchild holding stderr open does not hold us here
         _outcome(self, envelope, status, expired.is_set(), stderr.kept)
 
 

@@ -29,7 +29,7 @@ from smtp_core import Envelope, Reject, Reply
 
 from ._message import message_chunks, message_id, message_size, reply_text
 
-__all__ = ["SIGNED_HEADERS", "Webhook", "signature_base", "webhook_target"]
+__all__ = ["SIGNED_HEADERS", "Webhook", "envelope_headers", "signature_base", "webhook_target"]
 
 log = logging.getLogger("smtpmux.delivery")
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
+import signal
 import smtplib
 import sys
 import time
@@ -334,3 +336,17 @@ def test_sh_c_is_the_only_way_to_a_shell(tmp_path: Path) -> None:
     with running("sync", routed(literal)) as server:
         assert send(server.port, recipients=("list@example.com",))[0] == 250
     assert not (tmp_path / "nothing").exists()
+
+
+def test_a_background_process_keeping_stderr_open_does_not_hold_the_delivery(
+    tmp_path: Path,
+) -> None:
+    """A program that leaves a child behind (holding our stderr pipe) and exits 0: delivered,
+    without waiting for the child. The test stops the child it caused."""
+    pid_file = tmp_path / "pid"
+    command = f"pipe:sh -c 'cat >/dev/null; sleep 60 & echo $! > {pid_file}; exit 0'"
+    with running("sync", routed(pipe_target(command))) as server:
+        started = time.monotonic()
+        assert send(server.port, recipients=("list@example.com",))[0] == 250
+        assert time.monotonic() - started < 50  # generous: not the child's 60 s
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
