@@ -12,7 +12,15 @@ from ._admission import (
     Ticket,
     TurnedAway,
 )
-from ._client import ClientConnection, ClientEvent, ClientState, Command, Extensions, Response
+from ._client import (
+    ClientConnection,
+    ClientEvent,
+    ClientState,
+    Command,
+    Extensions,
+    MessageData,
+    Response,
+)
 from ._client_session import (
     TLS_MODES,
     AuthenticationFailed,
@@ -165,6 +173,7 @@ __all__ = (
     "LoginMechanism",
     "MailFrom",
     "MailParams",
+    "MessageData",
     "MessageRefused",
     "Metrics",
     "Noop",
