@@ -19,6 +19,7 @@ from typing import Any
 import hypothesis
 import pytest
 from aiosmtpd.smtp import SMTP as AiosmtpdServer
+from aiosmtpd.smtp import AuthResult, LoginPassword
 from aiosmtpd.smtp import Envelope as UpstreamEnvelope
 from aiosmtpd.smtp import Session as UpstreamSession
 from hypothesis import strategies as st
@@ -27,7 +28,7 @@ from smtp_core import Router, ServerConfig
 from smtp_sync._forward import SMTPForward, forward_target
 from smtp_sync._step import fan_out
 from tests.clients import free_port
-from tests.servers import Collect, running
+from tests.servers import TLS, Collect, running
 from tests.test_client_interop import aiosmtpd, dumped, needs_sink, smtp_sink
 
 SENDER = "alice@client.test"
@@ -335,6 +336,67 @@ def test_bdat_upstream_gets_the_spooled_message_in_chunks(
     [content] = box.contents
     assert content.endswith(BIG) and content.startswith(b"Received: from ")
     assert box.envelopes[0].session.extended and box.envelopes[0].rcpt_tos == ("bob@fwd.test",)
+
+
+# --- TLS and AUTH upstream ---------------------------------------------------------------
+
+
+def _login(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+    good = isinstance(data, LoginPassword) and (data.login, data.password) == (b"alice", b"pw")
+    return AuthResult(success=good, handled=False)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "query", "aiosmtpd_options", "expected"),
+    [
+        ("smtps", "", {"implicit": True}, 250),
+        ("smtp", "&tls=starttls", {"starttls": True}, 250),
+        ("smtp", "&user=alice&password_env=FWD_PW", {"starttls": True, "auth": True}, 250),
+        ("smtp", "&user=alice&password_env=FWD_BAD", {"starttls": True, "auth": True}, 451),
+        ("smtp", "&tls=starttls", {}, 451),  # STARTTLS required, not offered
+        ("smtp", "&tls=starttls&nocafile", {"starttls": True}, 451),  # certificate unverified
+    ],
+    ids=["smtps", "starttls", "auth", "auth-refused", "starttls-missing", "untrusted-cert"],
+)
+def test_tls_and_auth_upstream(
+    kind: str,
+    tls: TLS,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    scheme: str,
+    query: str,
+    aiosmtpd_options: dict[str, bool],
+    expected: int,
+) -> None:
+    monkeypatch.setenv("FWD_PW", "pw")
+    monkeypatch.setenv("FWD_BAD", "wrong")
+    cafile = tmp_path / "ca.pem"
+    tls.ca.cert_pem.write_to_path(str(cafile))
+    options: dict[str, Any] = {}
+    if aiosmtpd_options.get("implicit"):
+        options["ssl_context"] = tls.server
+    if aiosmtpd_options.get("starttls"):
+        options.update(tls_context=tls.server, require_starttls=True)
+    if aiosmtpd_options.get("auth"):
+        options.update(authenticator=_login, auth_require_tls=True)
+    handler = Upstream()
+    with aiosmtpd(handler, **options) as port:  # type: ignore[arg-type]
+        if "&nocafile" in query:
+            query = query.replace("&nocafile", "")
+        else:
+            query += f"&cafile={cafile}"
+        target = f"{scheme}://127.0.0.1:{port}?timeout=5{query}"
+        with forwarding(kind, target) as server:
+            with smtplib.SMTP("127.0.0.1", server.port, timeout=20) as client:
+                client.ehlo("client.test")
+                client.mail(SENDER)
+                answer = client.rcpt("bob@fwd.test")
+                assert answer[0] == expected, answer
+                if expected == 250:
+                    assert client.data(message())[0] == 250
+                else:
+                    assert answer[1].startswith(b"4.4.1")
+    assert len(handler.messages) == (expected == 250)
 
 
 # --- the target string ---------------------------------------------------------------------
