@@ -338,6 +338,26 @@ def test_bdat_upstream_gets_the_spooled_message_in_chunks(
     assert box.envelopes[0].session.extended and box.envelopes[0].rcpt_tos == ("bob@fwd.test",)
 
 
+def test_wrapped_as_a_plain_handler_it_forwards_after_the_data(kind: str) -> None:
+    """Wrapped by code that does not know steps (a plain function calling it), the target
+    forwards the whole transaction after our data, with the same rules."""
+    handler = Upstream()
+    with upstream(handler) as target:
+        forward = forward_target(target)
+        router: Router[Any] = Router()
+        router.add("*@fwd.test", lambda envelope: forward(envelope))
+        with running(kind, router) as server:
+            with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
+                assert client.sendmail(SENDER, ["bob@fwd.test"], message()) == {}
+                with pytest.raises(smtplib.SMTPDataError) as info:
+                    client.sendmail(SENDER, ["no-bob@fwd.test"], message())
+                assert (info.value.smtp_code, info.value.smtp_error) == (
+                    550,
+                    b"5.1.1 No such user",
+                )
+    assert [m[1] for m in handler.messages] == [["bob@fwd.test"]]
+
+
 # --- TLS and AUTH upstream ---------------------------------------------------------------
 
 
