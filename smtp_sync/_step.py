@@ -6,6 +6,7 @@ it arrives, so a refused recipient is refused at our RCPT, not after the data.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from collections.abc import Sequence
@@ -102,6 +103,13 @@ def fan_out(handlers: Sequence[Handler]) -> Handler:
         raise ValueError("a route needs at least one target")
     if len(members) == 1:
         return members[0]
+    for member in members:
+        if _is_async(getattr(member, "begin", None) or member):
+            raise ValueError(
+                f"{member!r} is async: targets of a route with several targets are called one "
+                "after the other in a worker thread; make it a plain function, or give it a "
+                "route of its own"
+            )
     if any(getattr(h, "begin", None) is not None for h in members):
         return StepFanOut(members)
     return FanOut(members)
@@ -167,6 +175,12 @@ class _FanOutTransaction:
         if not self.ended:
             self.ended = True
             _abort_all(self.members)
+
+
+def _is_async(function: object) -> bool:
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        getattr(function, "__call__", None)  # noqa: B004 - handler objects
+    )
 
 
 def _abort_all(members: list[tuple[Handler, Any]]) -> None:

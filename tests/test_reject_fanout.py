@@ -87,6 +87,12 @@ def test_fan_out_kinds() -> None:
     with pytest.raises(ValueError, match="at least one target"):
         fan_out([])
 
+    async def later(envelope: Envelope) -> None:
+        pass
+
+    with pytest.raises(ValueError, match="is async"):
+        fan_out([a, later])
+
 
 def _failing(reply: Reply) -> Any:
     def handler(envelope: Envelope) -> None:

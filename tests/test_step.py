@@ -210,6 +210,29 @@ def test_deliver_answers(answer: Any, expected: str) -> None:
     assert step.ends() == ["deliver"]
 
 
+def test_lmtp_session_passes_per_recipient_answers_one_by_one() -> None:
+    """Our LMTP mode: a step target's reply per recipient (an LMTP peer's) is ours, in order;
+    the refused recipient is not reported delivered."""
+    step = Recorder([Reply(250, "x ok", "2.0.0"), Reply(552, "y over quota", "5.2.2")])
+    run_transcript(
+        "S: 220 *\nC: LHLO c.test\nS: 250*\nC: MAIL FROM:<a@c.test>\nS: 250*\n"
+        "C: RCPT TO:<x@step.test>\nS: 250*\nC: RCPT TO:<y@step.test>\nS: 250*\n"
+        "C: DATA\nS: 354*\nC: hi\nC: .\nS: 250 2.0.0 x ok\nS: 552 5.2.2 y over quota\n",
+        router_for(step),
+        config=ServerConfig(lmtp=True),
+    )
+    assert step.ends() == ["deliver"]
+
+
+def test_smtp_session_with_per_recipient_answers_is_not_250() -> None:
+    step = Recorder([Reply(250, "x ok", "2.0.0"), Reply(452, "y busy", "4.2.2")])
+    run_transcript(
+        HELLO + "C: RCPT TO:<x@step.test>\nS: 250*\nC: RCPT TO:<y@step.test>\nS: 250*\n"
+        "C: DATA\nS: 354*\nC: hi\nC: .\nS: 452 4.2.2 y busy\n",
+        router_for(step),
+    )
+
+
 def test_begin_refused_is_asked_once_per_transaction() -> None:
     calls: list[str] = []
 
