@@ -703,7 +703,9 @@ class Session:
                 f"{self.info.session_id}-{self._transactions + 1}",  # as _deliver numbers it
             )
             begun = yield BeginStep(cast(StepHandler, handler).begin, (start,))
-            if begun is None or isinstance(begun, BaseException):
+            if isinstance(begun, BaseException) or not all(
+                hasattr(begun, name) for name in ("recipient", "deliver", "abort")
+            ):
                 step.refusal = self._step_refusal("begin", begun)
             else:
                 step.transaction = begun

@@ -252,10 +252,13 @@ def test_begin_refused_is_asked_once_per_transaction() -> None:
     assert calls == ["begin", "begin"]
 
 
-def test_a_failing_step_is_a_451_and_the_server_goes_on() -> None:
+@pytest.mark.parametrize("begun", [RuntimeError("bug"), None, Reply(250, "not a transaction")])
+def test_a_failing_step_is_a_451_and_the_server_goes_on(begun: Any) -> None:
     class Broken:
         def begin(self, start: StepStart) -> Any:
-            raise RuntimeError("bug")
+            if isinstance(begun, Exception):
+                raise begun
+            return begun
 
     run_transcript(
         HELLO + "C: RCPT TO:<x@step.test>\nS: 451 4.3.0 *\nC: NOOP\nS: 250*\n",
