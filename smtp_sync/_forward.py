@@ -218,7 +218,7 @@ def _passed_on(reply: Reply) -> Reply:
     """An upstream's refusal as ours: a 5xx as it is; any 4xx (and anything odd) is 451
     4.4.1 quoting it, so the sender retries."""
     if 500 <= reply.code < 600:
-        return reply
+        return reply if reply.enhanced else attrs.evolve(reply, enhanced="5.0.0")
     return Reply(451, f"Upstream said: {reply.code} {reply.text}".strip(), "4.4.1")
 
 
@@ -407,7 +407,7 @@ class SMTPTransaction:
             return self._cannot_take(exc)
         reply = replies[-1] if replies else _unavailable("no reply to the message")
         if reply.code == 250:
-            return reply
+            return reply if reply.enhanced else attrs.evolve(reply, enhanced="2.0.0")
         if 200 <= reply.code < 300:
             return Reply(250, f"Upstream said: {reply.text}", "2.0.0")
         return _passed_on(reply)

@@ -78,6 +78,8 @@ class Upstream:
             return "450 4.2.1 Mailbox busy"
         if address.startswith("no-"):
             return "550 5.1.1 No such user"
+        if address.startswith("bare-"):
+            return "553 Not like that"  # no enhanced code: ours adds 5.0.0
         if address.startswith("slow-"):
             await asyncio.sleep(5)
         envelope.rcpt_tos.append(address)
@@ -153,8 +155,12 @@ def test_accepted_message_goes_through_in_step(kind: str) -> None:
 
 @pytest.mark.parametrize(
     ("recipient", "code", "enhanced"),
-    [("no-bob@fwd.test", 550, b"5.1.1"), ("busy-bob@fwd.test", 451, b"4.4.1")],
-    ids=["5xx-passed-through", "4xx-is-451"],
+    [
+        ("no-bob@fwd.test", 550, b"5.1.1"),
+        ("busy-bob@fwd.test", 451, b"4.4.1"),
+        ("bare-bob@fwd.test", 553, b"5.0.0 Not like that"),
+    ],
+    ids=["5xx-passed-through", "4xx-is-451", "5xx-without-enhanced-code"],
 )
 def test_recipient_refused_upstream_is_refused_at_our_rcpt(
     kind: str, recipient: str, code: int, enhanced: bytes
