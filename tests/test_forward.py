@@ -294,6 +294,36 @@ def test_fan_out_replays_when_a_later_upstream_refuses(kind: str) -> None:
     assert [m[1] for m in second.messages] == [["bob@fwd.test"]]
 
 
+@pytest.mark.parametrize("failing_first", [False, True], ids=["failing-second", "failing-first"])
+def test_fan_out_upstreams_disagree_after_the_data(kind: str, failing_first: bool) -> None:
+    """One upstream takes the message, the other answers 451 once: our client gets 451 and
+    retries; nothing is lost. The target before the failing one sees the message twice (same
+    Message-ID, so it can drop the repeat); a target after it was never given the first try,
+    so written first, the failing one costs no repeat at all."""
+    steady, flaky = Upstream(fail_times=0), Upstream(fail_times=1)
+    with upstream(steady) as one, upstream(flaky) as two:
+        targets = (
+            [forward_target(two), forward_target(one)]
+            if failing_first
+            else [
+                forward_target(one),
+                forward_target(two),
+            ]
+        )
+        router: Router[Any] = Router()
+        router.add("*@fwd.test", fan_out(targets))
+        with running(kind, router) as server:
+            with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
+                with pytest.raises(smtplib.SMTPDataError) as info:
+                    client.sendmail(SENDER, ["bob@fwd.test"], message("tempfail"))
+                assert (info.value.smtp_code, info.value.smtp_error[:5]) == (451, b"4.4.1")
+                assert client.sendmail(SENDER, ["bob@fwd.test"], message("tempfail")) == {}
+    assert len(flaky.messages) == 1
+    assert len(steady.messages) == (1 if failing_first else 2)
+    ids = {m[2].split(b"Message-ID: ")[1].split(b"\r\n")[0] for m in steady.messages}
+    assert ids == {b"<m-tempfail@client.test>"}  # a repeat is recognisable
+
+
 BIG_BODY = b"".join(b"line %06d\r\n.dot at a line start\r\n" % i for i in range(100_000))
 BIG = b"Message-ID: <big@client.test>\r\nSubject: big\r\n\r\n" + BIG_BODY  # ~3.2 MB
 
