@@ -245,26 +245,41 @@ def test_unreachable_upstream_is_451(kind: str) -> None:
                 assert b"127.0.0.1" not in answer[1]  # the upstream's address stays in our log
 
 
-@pytest.mark.parametrize("how", ["rset", "quit", "drop"])
+@pytest.mark.parametrize("how", ["rset", "quit", "drop", "too-big", "timeout", "stop"])
 def test_abandoned_transaction_is_never_delivered(kind: str, how: str) -> None:
+    """However our transaction ends without a message, the upstream's is abandoned (QUIT
+    mid-transaction) and never sees DATA."""
     handler = Upstream()
-    with upstream(handler) as target, forwarding(kind, target) as server:
-        client = smtplib.SMTP("127.0.0.1", server.port, timeout=10)
-        client.ehlo("client.test")
-        client.mail(SENDER)
-        assert client.rcpt("bob@fwd.test")[0] == 250
-        if how == "rset":
-            client.rset()
-        elif how == "quit":
-            client.quit()
+    config = ServerConfig(max_message_size=100, command_timeout=1 if how == "timeout" else 300)
+    with upstream(handler) as target:
+        with forwarding(kind, target, config=config, shutdown_timeout=0.5) as server:
+            client = smtplib.SMTP("127.0.0.1", server.port, timeout=10)
+            client.ehlo("client.test")
+            client.mail(SENDER)
+            assert client.rcpt("bob@fwd.test")[0] == 250
+            if how == "rset":
+                client.rset()
+            elif how == "quit":
+                client.quit()
+            elif how == "drop":
+                client.close()
+            elif how == "too-big":
+                assert client.data(b"x" * 300)[0] == 552
+            if how != "stop":  # "stop": the server stops with our transaction still open
+                wait_until(lambda: "QUIT" in handler.commands)
+        wait_until(lambda: "QUIT" in handler.commands)
         client.close()
-        deadline = threading.Event()
-        for _ in range(100):
-            if "QUIT" in handler.commands:
-                break
-            deadline.wait(0.05)
     assert handler.commands == ["MAIL", "RCPT bob@fwd.test", "QUIT"]
     assert handler.messages == []
+
+
+def wait_until(predicate: Any, seconds: float = 10) -> None:
+    done = threading.Event()
+    for _ in range(int(seconds / 0.05)):
+        if predicate():
+            return
+        done.wait(0.05)
+    raise AssertionError("timed out waiting")
 
 
 def test_fan_out_replays_when_a_later_upstream_refuses(kind: str) -> None:
