@@ -112,7 +112,7 @@ def _smtp_target(text: str, url: urllib.parse.SplitResult) -> SMTPForward:
         if not 0 < timeout < 3600:
             raise ValueError(f"{text!r}: timeout= is a number of seconds, e.g. timeout=30")
     canonical = urllib.parse.urlunsplit(
-        (url.scheme.lower(), _netloc(host, port), "", urllib.parse.urlencode(options, safe="/"), "")
+        (url.scheme.lower(), _netloc(host, port), "", urllib.parse.urlencode(options), "")
     )
     return SMTPForward(
         canonical,
