@@ -373,3 +373,14 @@ async def test_async_step_methods_are_awaited() -> None:
                 b"Subject: x\r\n\r\nhi\r\n", mail_from="a@c.test", rcpt_tos=["x@step.test"]
             )
     assert calls == ["begin", "recipient", "deliver"]
+
+
+def test_sync_server_refuses_an_async_step_handler_at_start() -> None:
+    import smtp_sync
+
+    class AsyncBegin:
+        async def begin(self, start: StepStart) -> Any:
+            return None
+
+    with pytest.raises(TypeError, match="async"):
+        smtp_sync.Server(router_for(AsyncBegin()), port=0)
