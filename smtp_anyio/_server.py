@@ -26,8 +26,8 @@ from smtp_core import (
     Call,
     Close,
     ConnectionLimits,
-    Deliver,
     Handler,
+    HandlerCall,
     Metrics,
     Policy,
     Router,
@@ -261,6 +261,7 @@ class Server:
             try:
                 await self._run(session, connection, spool, ticket)
             finally:
+                await self._drop(session, spool)
                 spool.close()
                 self._sessions.discard(session)
         except Exception:  # one connection's bug must not stop the server
@@ -346,13 +347,28 @@ class Server:
             else:  # the session's timeout ran out
                 actions = session.shut_down() if self._stopping else session.expire()
 
+    async def _drop(self, session: Session, spool: SpoolFile) -> None:
+        """However the connection ended: carry out the Calls that end what the session still
+        has open (step transactions), before the socket is closed; shielded from a stop."""
+        actions = session.drop()
+        if not actions:
+            return
+        with anyio.CancelScope(shield=True):
+            while actions:
+                action = actions.pop(0)
+                if isinstance(action, Call):
+                    actions += session.resolve(action, await self._call(action, spool))
+
     async def _call(self, action: Call, spool: SpoolFile) -> object:
         function, args = action.function, call_arguments(action, spool)
         try:
             if _is_coroutine_function(function):
                 return await function(*args)
-            if isinstance(action, Deliver):  # handlers may block: keep them off the loop
-                return await anyio.to_thread.run_sync(function, *args)
+            if isinstance(action, HandlerCall):  # handlers may block: keep them off the loop
+                # shielded: a forced stop must not lose what the call returned (a step
+                # transaction that ``drop`` then aborts); a thread cannot be cancelled anyway
+                with anyio.CancelScope(shield=True):
+                    return await anyio.to_thread.run_sync(function, *args)
             result = function(*args)
             return await result if inspect.isawaitable(result) else result
         except Exception as exc:

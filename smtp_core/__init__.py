@@ -12,7 +12,15 @@ from ._admission import (
     Ticket,
     TurnedAway,
 )
-from ._client import ClientConnection, ClientEvent, ClientState, Command, Extensions, Response
+from ._client import (
+    ClientConnection,
+    ClientEvent,
+    ClientState,
+    Command,
+    Extensions,
+    MessageData,
+    Response,
+)
 from ._client_session import (
     TLS_MODES,
     AuthenticationFailed,
@@ -89,19 +97,27 @@ from ._sasl import (
 )
 from ._server import ServerConnection
 from ._session import (
+    AbortStep,
     Action,
     Authenticate,
+    BeginStep,
     Call,
     CheckRecipient,
     Close,
     Connect,
     Deliver,
     Handler,
+    HandlerCall,
     Policy,
     Reject,
     Send,
     Session,
     Spool,
+    StepCall,
+    StepHandler,
+    StepRecipient,
+    StepStart,
+    StepTransaction,
     UpgradeToTLS,
 )
 from ._state import ServerState
@@ -111,6 +127,7 @@ __all__ = (
     "NEED_DATA",
     "PAUSED",
     "TLS_MODES",
+    "AbortStep",
     "Action",
     "AddressError",
     "Admission",
@@ -121,6 +138,7 @@ __all__ = (
     "Authenticate",
     "AuthenticationFailed",
     "BdatChunk",
+    "BeginStep",
     "Call",
     "CheckRecipient",
     "ClientAuth",
@@ -146,6 +164,7 @@ __all__ = (
     "Expand",
     "Extensions",
     "Handler",
+    "HandlerCall",
     "Hello",
     "Help",
     "InvalidCommand",
@@ -154,6 +173,7 @@ __all__ = (
     "LoginMechanism",
     "MailFrom",
     "MailParams",
+    "MessageData",
     "MessageRefused",
     "Metrics",
     "Noop",
@@ -196,6 +216,11 @@ __all__ = (
     "Spool",
     "StartData",
     "StartTLS",
+    "StepCall",
+    "StepHandler",
+    "StepRecipient",
+    "StepStart",
+    "StepTransaction",
     "Steps",
     "TLSInfo",
     "TLSMode",

@@ -34,7 +34,7 @@ import enum
 import re
 import types
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 
@@ -49,6 +49,7 @@ __all__ = [
     "ClientState",
     "Command",
     "Extensions",
+    "MessageData",
     "Response",
 ]
 
@@ -351,6 +352,42 @@ def _stuff(content: bytes) -> bytes:
     if data.startswith(b"."):
         data = b"." + data
     return data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
+class MessageData:
+    """The content after a 354, streamed: ``feed(chunk)`` returns what to write for it (CRLF
+    line ends, a dot doubled at every line start, across chunk boundaries: the same bytes
+    ``send_message_data`` writes for the whole content), ``end()`` the rest and the
+    terminator. Memory stays bounded by the chunk size."""
+
+    def __init__(self, check: Callable[[bytes], None] | None) -> None:
+        self._check = check  #: None: no recipient was accepted, only the terminator is sent
+        self._line_start = True
+        self._cr = False  #: the last chunk ended in CR: its LF may come with the next one
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._check is None or not chunk:
+            return b""
+        self._check(chunk)
+        if self._cr:
+            chunk = b"\r" + chunk
+        self._cr = chunk.endswith(b"\r")
+        if self._cr:
+            chunk = chunk[:-1]
+        data = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+        if not data:
+            return b""
+        if self._line_start and data.startswith(b"."):
+            data = b"." + data
+        self._line_start = data.endswith(b"\r\n")
+        return data.replace(b"\r\n.", b"\r\n..")
+
+    def end(self) -> bytes:
+        if self._check is None:
+            return b".\r\n"
+        tail = b"\r\n" if self._cr or not self._line_start else b""
+        self._cr, self._line_start = False, True
+        return tail + b".\r\n"
 
 
 class ClientConnection:
@@ -724,6 +761,15 @@ class ClientConnection:
         self._outstanding.append(_Outstanding(C.END_OF_DATA))
         self._projected = _next_state(self._projected, C.END_OF_DATA, _DONE)
         return line
+
+    def message_data(self) -> MessageData:
+        """``send_message_data`` for content that arrives in chunks (a spooled message): the
+        reply to the end of data is outstanding from now on; write what the MessageData
+        returns, ``end()`` last."""
+        self._begin(C.END_OF_DATA)
+        self._outstanding.append(_Outstanding(C.END_OF_DATA))
+        self._projected = _next_state(self._projected, C.END_OF_DATA, _DONE)
+        return MessageData(self._check_8bit if self._accepted else None)
 
     def bdat(self, chunk: bytes, last: bool = False) -> bytes:
         """``BDAT <size> [LAST]`` and the chunk as it is (RFC 3030: no dot-stuffing)."""

@@ -447,6 +447,82 @@ class ClientSession:
             raise MessageRefused(f"{self.server} refused the message", reply, command, result)
         return result
 
+    # --- one transaction in step (a proxy): each command on its own, each reply handed back ---
+
+    def mail(self, address: str, params: MailParams | None = None) -> Steps[Reply]:
+        """MAIL FROM on its own, for a proxy that forwards each command as it arrives; a refusal
+        is returned as the reply, not raised. A transaction still open is reset first.
+        ``SMTPNotSupported`` (nothing written) when a parameter needs what is not offered."""
+        self.check_usable()
+        if self.conn.state is not ClientState.READY:
+            yield from self._abandon()
+        try:
+            data = self.conn.mail(address, params)
+        except LocalProtocolError as exc:
+            raise SMTPNotSupported(f"{self.server}: {exc}") from None
+        yield from self._write(data)
+        return (yield from self._response()).reply
+
+    def rcpt(self, address: str, params: RcptParams | None = None) -> Steps[Reply]:
+        """RCPT TO on its own (after ``mail``); the reply, whatever it is."""
+        self.check_usable()
+        try:
+            data = self.conn.rcpt(address, params)
+        except LocalProtocolError as exc:
+            raise SMTPNotSupported(f"{self.server}: {exc}") from None
+        yield from self._write(data)
+        return (yield from self._response()).reply
+
+    def data(self, chunks: Iterable[bytes]) -> Steps[list[Reply]]:
+        """The content of the transaction ``mail`` and ``rcpt`` opened, streamed from ``chunks``:
+        BDAT (a chunk each) when the server offers CHUNKING, else DATA, dot-stuffed as it goes.
+        Returns the reply to the content, or one per accepted recipient (LMTP). When DATA or
+        a BDAT chunk is refused before the end, that reply is the only one and the transaction
+        is reset. Content the server cannot take (8-bit without 8BITMIME) is found only as it
+        streams: the connection is then abandoned and ``SMTPNotSupported`` raised."""
+        self.check_usable()
+        conn = self.conn
+        try:
+            if (conn.extensions or Extensions()).chunking:
+                return (yield from self._bdat_stream(chunks))
+            yield from self._write(conn.data())
+            go_ahead = yield from self._response()
+            if go_ahead.reply.code != 354:
+                yield from self._abandon()
+                return [go_ahead.reply]
+            stream = conn.message_data()
+            for chunk in chunks:
+                out = stream.feed(chunk)
+                if out:
+                    yield from self._write(out)
+            yield from self._write(stream.end())
+        except LocalProtocolError as exc:
+            raise self.abort(SMTPNotSupported(f"{self.server}: {exc}")) from None
+        return [response.reply for response in (yield from self._replies())]
+
+    def _bdat_stream(self, chunks: Iterable[bytes]) -> Steps[list[Reply]]:
+        conn = self.conn
+        pending = iter(chunks)
+        chunk = next(pending, b"")
+        while True:
+            following = next(pending, None)
+            if following is None:
+                yield from self._write(conn.bdat(chunk, last=True))
+                return [response.reply for response in (yield from self._replies())]
+            yield from self._write(conn.bdat(chunk))
+            response = yield from self._response()
+            if not response.reply.is_positive:
+                yield from self._abandon()
+                return [response.reply]
+            chunk = following
+
+    def reset(self) -> Steps[Reply]:
+        """RSET: abandon the transaction (a proxy's client went away, or it starts over)."""
+        self.check_usable()
+        yield from self._replies()
+        yield from self._write(self.conn.rset())
+        return (yield from self._response()).reply
+
     def noop(self) -> Steps[Reply]:
         self.check_usable()
         yield from self._write(self.conn.noop())

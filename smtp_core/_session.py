@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from datetime import datetime
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias, cast
 
 import attrs
 
@@ -38,6 +38,7 @@ from ._events import (
     Hello,
     InvalidCommand,
     MailFrom,
+    MailParams,
     Noop,
     ProxyHeader,
     RcptParams,
@@ -58,19 +59,27 @@ from ._state import ServerState
 from ._trace import ProtocolTrace
 
 __all__ = [
+    "AbortStep",
     "Action",
     "Authenticate",
+    "BeginStep",
     "Call",
     "CheckRecipient",
     "Close",
     "Connect",
     "Deliver",
     "Handler",
+    "HandlerCall",
     "Policy",
     "Reject",
     "Send",
     "Session",
     "Spool",
+    "StepCall",
+    "StepHandler",
+    "StepRecipient",
+    "StepStart",
+    "StepTransaction",
     "UpgradeToTLS",
 ]
 
@@ -161,9 +170,15 @@ class CheckRecipient(Call):
     args: tuple[SessionInfo, str]
 
 
+class HandlerCall(Call):
+    """A call into a handler (a delivery, or a step of a step handler): it may block on the
+    network or the disk, so an async adapter runs a plain function in a worker thread."""
+
+
 @attrs.frozen
-class Deliver(Call):
-    """Call the handler with the envelope. ``spooled``: replace ``content`` by the spool file."""
+class Deliver(HandlerCall):
+    """Call the handler with the envelope. ``spooled``: replace ``content`` by the spool file.
+    For a step handler the function is its transaction's ``deliver``."""
 
     function: Callable[..., Any]
     args: tuple[Envelope]
@@ -172,6 +187,71 @@ class Deliver(Call):
     @property
     def envelope(self) -> Envelope:
         return self.args[0]
+
+
+# --- step handlers: a handler that takes part in the transaction as it happens ----------------
+
+
+@attrs.frozen
+class StepStart:
+    """What a step handler learns when the first recipient is routed to it in a transaction."""
+
+    mail_from: str
+    mail_params: MailParams
+    session: SessionInfo
+    #: the ``transaction_id`` the delivered Envelope will carry
+    transaction_id: str
+
+
+class StepTransaction(Protocol):
+    """One transaction of a step handler; each method may be ``async def`` under smtp_anyio.
+
+    The Session calls ``recipient`` for each recipient routed to it, then exactly one of
+    ``deliver`` (after the end of data, when at least one recipient was accepted) or ``abort``
+    (the transaction ended any other way: RSET, EHLO, a refused message, a dropped connection,
+    a timeout, the server stopping).
+    """
+
+    def recipient(self, address: str, params: RcptParams) -> Reply | Awaitable[Reply | None] | None:
+        """A 2xx (or None) accepts; any other reply is our RCPT answer (or raise Reject)."""
+
+    def deliver(
+        self, envelope: Envelope
+    ) -> Reply | list[Reply] | Awaitable[Reply | list[Reply] | None] | None:
+        """None accepts; a Reply for every recipient, or one per recipient in order (LMTP)."""
+
+    def abort(self) -> Awaitable[None] | None:
+        """Forget the transaction (e.g. RSET upstream); nothing is delivered."""
+
+
+class StepHandler(Protocol):
+    """A handler asked at RCPT time: any object with ``begin`` (a plain callable is not)."""
+
+    def begin(self, start: StepStart) -> StepTransaction | Awaitable[StepTransaction]:
+        """Open a transaction (e.g. connect upstream and send MAIL); raise Reject to refuse
+        this and every further recipient routed here in this transaction."""
+
+
+class StepCall(HandlerCall):
+    """A call into a step handler (see StepHandler)."""
+
+
+@attrs.frozen
+class BeginStep(StepCall):
+    function: Callable[..., Any]
+    args: tuple[StepStart]
+
+
+@attrs.frozen
+class StepRecipient(StepCall):
+    function: Callable[..., Any]
+    args: tuple[str, RcptParams]
+
+
+@attrs.frozen
+class AbortStep(StepCall):
+    function: Callable[..., Any]
+    args: tuple[()] = ()
 
 
 # --- policy ----------------------------------------------------------------------------------
@@ -259,6 +339,14 @@ class _Recipient:
     handler: Handler
 
 
+@attrs.define(eq=False)
+class _Step:
+    """A step handler's part in the current transaction: its transaction, or why it refused."""
+
+    transaction: Any = None
+    refusal: Reply | None = None
+
+
 class Session:
     """One connection's conversation. Start with ``start()``; then ``receive_data`` and
     ``resolve`` each return the next Actions. ``timeout`` is the wait that applies now."""
@@ -302,6 +390,9 @@ class Session:
         self._content: list[bytes] = []
         self._size = 0
         self._spooled = False
+        #: step handlers begun in this transaction (by the handler's id); each entry is
+        #: delivered or aborted exactly once, then removed
+        self._steps: dict[int, _Step] = {}
         # The default relay check is a pure function: run it here instead of asking the
         # adapter for a round trip per recipient. An overridden hook is always asked.
         hook = getattr(self.policy.addressable, "__func__", None)
@@ -358,6 +449,19 @@ class Session:
     def in_transaction(self) -> bool:
         """A MAIL transaction is open: a graceful stop lets it finish first."""
         return self.conn.state in _TRANSACTION_STATES
+
+    def drop(self) -> list[Action]:
+        """The connection is over, however it ended (our Close, a failed write, an error, a
+        cancelled task): call this once, before closing the socket, and carry out the Calls it
+        returns (resolving each as usual). They abort the step transactions still open, each
+        exactly once; with none (always, for plain handlers) this returns []."""
+        self._mark_closed()
+        if not self._steps:
+            return []
+        self._conversation.close()
+        self._waiting = None
+        self._conversation = self._end_steps()
+        return self._advance(None)
 
     def _abandon(self, reply: Reply) -> list[Action]:
         if self._closed:
@@ -453,7 +557,9 @@ class Session:
                     self._size += len(data)
                 continue  # content never changes the state
             if isinstance(event, RcptTo) and self._inline_addressable:
-                self._rcpt_to_now(event)
+                step = self._rcpt_to_now(event)
+                if step is not None:
+                    yield from self._step_recipient(event, step)
             elif isinstance(event, MailFrom):
                 self._mail_from(event)
             elif isinstance(event, (StartData, Noop)):
@@ -496,6 +602,8 @@ class Session:
                     self.info, helo=event.name, extended=event.extended, lmtp=event.lmtp
                 )
                 self._reset_transaction()
+                if self._steps:
+                    yield from self._end_steps()
         elif isinstance(event, RcptTo):
             yield from self._rcpt_to(event)
         elif isinstance(event, (EndOfData, BdatChunk)):
@@ -511,6 +619,8 @@ class Session:
         elif isinstance(event, Reset):
             self._reply(event.default_reply)
             self._reset_transaction()
+            if self._steps:
+                yield from self._end_steps()
         elif isinstance(event, (ProxyHeader, ConnectionClosed, DataChunk, MailFrom)):
             raise AssertionError(f"{event!r} is handled by the conversation itself")
         else:  # Verify, Expand, Help, AuthChallenge, Quit
@@ -543,18 +653,25 @@ class Session:
         if handler is None:
             return
         allowed = yield CheckRecipient(self.policy.addressable, (self.info, event.address))
-        self._add_recipient(event, handler, allowed)
+        if self._add_recipient(event, handler, allowed):
+            yield from self._step_recipient(event, handler)
 
-    def _rcpt_to_now(self, event: RcptTo) -> None:
-        """RCPT with the default (pure) relay check: no round trip through the adapter."""
+    def _rcpt_to_now(self, event: RcptTo) -> Handler | None:
+        """RCPT with the default (pure) relay check: no round trip through the adapter.
+        Returns a step handler that still has to be asked (see ``_step_recipient``)."""
         handler = self._route(event)
-        if handler is not None:
-            self._add_recipient(event, handler, self.policy.addressable(self.info, event.address))
+        if handler is not None and self._add_recipient(
+            event, handler, self.policy.addressable(self.info, event.address)
+        ):
+            return handler
+        return None
 
-    def _add_recipient(self, event: RcptTo, handler: Handler, allowed: object) -> None:
+    def _add_recipient(self, event: RcptTo, handler: Handler, allowed: object) -> bool:
+        """Accept the recipient of a plain handler, or refuse it; True: ``handler`` is a step
+        handler, which answers for the recipient itself."""
         if isinstance(allowed, Reject):
             self._reply(allowed.reply)
-            return
+            return False
         if allowed is not True:
             if isinstance(allowed, BaseException):
                 log.error("addressable hook failed", exc_info=allowed, extra=self._log_extra)
@@ -562,9 +679,75 @@ class Session:
             else:
                 log.info("relaying to <%s> denied", event.address, extra=self._log_extra)
                 self._reply(R_RELAY_DENIED)
-            return
+            return False
+        if getattr(handler, "begin", None) is not None:
+            return True
         self._reply(event.default_reply)
         self._recipients.append(_Recipient(event.address, event.params, handler))
+        return False
+
+    def _step_recipient(
+        self, event: RcptTo, handler: Handler
+    ) -> Generator[_Question, object, None]:
+        """Ask a step handler about a recipient; its first one in this transaction opens the
+        handler's transaction. A handler that failed to begin refuses the rest the same way,
+        without being asked again (an unreachable upstream costs one timeout, not one each)."""
+        step = self._steps.get(id(handler))
+        if step is None:
+            assert self._mail is not None
+            step = self._steps[id(handler)] = _Step()
+            start = StepStart(
+                self._mail.address,
+                self._mail.params,
+                self.info,
+                f"{self.info.session_id}-{self._transactions + 1}",  # as _deliver numbers it
+            )
+            begun = yield BeginStep(cast(StepHandler, handler).begin, (start,))
+            if begun is None or isinstance(begun, BaseException):
+                step.refusal = self._step_refusal("begin", begun)
+            else:
+                step.transaction = begun
+        if step.transaction is None:
+            assert step.refusal is not None
+            self._reply(step.refusal)
+            return
+        answer = yield StepRecipient(step.transaction.recipient, (event.address, event.params))
+        if answer is None or (isinstance(answer, Reply) and 200 <= answer.code < 300):
+            accepted = answer if isinstance(answer, Reply) and answer.code in (250, 251) else None
+            self._reply(accepted or event.default_reply)
+            self._recipients.append(_Recipient(event.address, event.params, handler))
+        else:
+            self._reply(self._step_refusal("recipient", answer))
+
+    def _step_refusal(self, step: str, outcome: object) -> Reply:
+        """The reply for a step that did not accept: its 4xx/5xx reply (a 421 becomes 451, so
+        one target cannot close our connection) or Reject; anything else is a failure."""
+        if isinstance(outcome, Reject):
+            outcome = outcome.reply
+        if isinstance(outcome, Reply) and 400 <= outcome.code < 600:
+            if outcome.code == 421:
+                return attrs.evolve(outcome, code=451)
+            return outcome
+        if isinstance(outcome, BaseException):
+            log.error("step handler's %s failed", step, exc_info=outcome, extra=self._log_extra)
+        else:
+            log.error("step handler's %s returned %r", step, outcome, extra=self._log_extra)
+        return R_HANDLER_FAILED
+
+    def _end_steps(self) -> Generator[_Question, object, None]:
+        """Abort every step transaction still open. Each is forgotten only once its abort was
+        carried out, so a connection dropped in between still aborts it (``drop``), once."""
+        steps = self._steps
+        while steps:
+            key = next(iter(steps))
+            transaction = steps[key].transaction
+            if transaction is not None:
+                outcome = yield AbortStep(transaction.abort)
+                if isinstance(outcome, BaseException):
+                    log.error(
+                        "step handler's abort failed", exc_info=outcome, extra=self._log_extra
+                    )
+            del steps[key]
 
     def _collect(self, data: bytes) -> Generator[_Question, object, None]:
         if self._spooled:
@@ -582,6 +765,8 @@ class Session:
             self._reply(event.default_reply)  # one reply per chunk, LMTP too
             if event.reject is not None:
                 self._reset_transaction()
+                if self._steps:
+                    yield from self._end_steps()
             return
         replies = [event.reject] * len(self._recipients) if event.reject else None
         if replies is None:
@@ -595,6 +780,8 @@ class Session:
             self._reply(final)
         self._account(event.size, final, replies)
         self._reset_transaction()
+        if self._steps:  # begun but not delivered: refused content, or no recipient accepted
+            yield from self._end_steps()
 
     def _account(self, size: int, final: Reply, replies: list[Reply]) -> None:
         """Count and log one finished transaction, in one line: sender, recipients, outcome,
@@ -661,11 +848,43 @@ class Session:
                 received_at=received_at,
                 transaction_id=f"{self.info.session_id}-{self._transactions}",  # an Atom
             )
-            outcome = yield Deliver(chosen[0].handler, (envelope,), spooled=self._spooled)
+            handler = chosen[0].handler
+            step = self._steps.get(id(handler)) if self._steps else None
+            if step is not None:
+                function = step.transaction.deliver
+                outcome = yield Deliver(function, (envelope,), spooled=self._spooled)
+                del self._steps[id(handler)]  # delivered: never aborted
+                for i, reply in zip(indexes, self._step_outcome(outcome, envelope), strict=True):
+                    replies[i] = reply
+                continue
+            outcome = yield Deliver(handler, (envelope,), spooled=self._spooled)
             reply = self._outcome(outcome, envelope)
             for i in indexes:
                 replies[i] = reply
         return replies
+
+    def _step_outcome(self, outcome: object, envelope: Envelope) -> list[Reply]:
+        """One reply per recipient of a step transaction's ``deliver``: None accepts all; a
+        Reply or Reject answers for all; a list answers one by one (an LMTP target)."""
+        count = len(envelope.rcpt_tos)
+        if isinstance(outcome, list) and outcome and all(isinstance(r, Reply) for r in outcome):
+            if len(outcome) == count:
+                return [self._delivered(r, envelope) for r in outcome]
+            outcome = ValueError(f"deliver gave {len(outcome)} replies for {count} recipients")
+        if isinstance(outcome, Reply):
+            return [self._delivered(outcome, envelope)] * count
+        if isinstance(outcome, Reject):
+            outcome = Reject(self._step_refusal("deliver", outcome))
+        if outcome is None or isinstance(outcome, BaseException):
+            return [self._outcome(outcome, envelope)] * count
+        return [self._outcome(TypeError(f"deliver returned {outcome!r}"), envelope)] * count
+
+    def _delivered(self, reply: Reply, envelope: Envelope) -> Reply:
+        if reply.code == 250:
+            return reply
+        if 200 <= reply.code < 300:
+            return R_ACCEPTED
+        return self._outcome(Reject(self._step_refusal("deliver", reply)), envelope)
 
     def _outcome(self, outcome: object, envelope: Envelope) -> Reply:
         # What the transaction's one line (see _account) cannot say: which handler refused and
@@ -753,6 +972,8 @@ class Session:
         self.metrics.add(tls_handshakes=1)
         self.info = attrs.evolve(self.info, tls=tls, helo=None, auth_identity=None)
         self._reset_transaction()
+        if self._steps:
+            yield from self._end_steps()
 
     def _invalid(self, event: InvalidCommand) -> None:
         self._errors += 1

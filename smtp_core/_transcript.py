@@ -186,6 +186,7 @@ def run_transcript(
             check_reply(number, text, reply)
             assert reply is not None
             result.replies.append(reply)
+    player.run(session.drop())  # the connection is over: end any open step transaction
     leftover = player.next_reply()
     if leftover is not None:
         raise TranscriptError(f"the server said more than the script expects: {leftover!r}")

@@ -124,6 +124,25 @@ class Client(ClientBase):
         with self._lock:
             return self._run(steps)
 
+    # One transaction in step, for a proxy (smtp_sync._forward): see ClientSession.mail.
+
+    def mail(self, address: str, params: MailParams | None = None) -> Reply:
+        with self._lock:
+            return self._run(self._session.mail(address, params))
+
+    def rcpt(self, address: str, params: RcptParams | None = None) -> Reply:
+        with self._lock:
+            return self._run(self._session.rcpt(address, params))
+
+    def data(self, chunks: Iterable[bytes]) -> list[Reply]:
+        """Stream the content (BDAT when offered, else DATA); the reply, or one per recipient."""
+        with self._lock:
+            return self._run(self._session.data(chunks))
+
+    def reset(self) -> Reply:
+        with self._lock:
+            return self._run(self._session.reset())
+
     def noop(self) -> Reply:
         with self._lock:
             return self._run(self._session.noop())

@@ -285,6 +285,7 @@ class Server:
         try:
             self._run(session, sock, spool, ticket)
         finally:
+            _drop(session, spool)
             spool.close()
             with self._lock:
                 self._sessions.pop(session, None)
@@ -393,7 +394,7 @@ def _refuse_async(router: Router[Handler], policy: Policy) -> None:
     """This server calls handlers and hooks in its threads and cannot await them: say so now,
     not with a 451 when the first message arrives."""
     for pattern, handler in router.items():
-        if _is_async(handler):
+        if _is_async(handler) or _is_async(getattr(handler, "begin", None)):
             raise TypeError(
                 f"the handler for {pattern!r} is async ({handler!r}): smtp_sync calls handlers "
                 "synchronously; serve it with smtp_anyio.Server, or make it a plain function"
@@ -425,6 +426,16 @@ def _apply_timeout(sock: socket.socket, seconds: float) -> None:
     timeval = struct.pack("@ll", whole, micro)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+def _drop(session: Session, spool: SpoolFile) -> None:
+    """However the connection ended: carry out the Calls that end what the session still has
+    open (step transactions), before the socket is closed."""
+    actions = session.drop()
+    while actions:
+        action = actions.pop(0)
+        if isinstance(action, Call):
+            actions += session.resolve(action, _call(action, spool))
 
 
 def _call(action: Call, spool: SpoolFile) -> object:

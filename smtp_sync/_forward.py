@@ -1,0 +1,439 @@
+"""Forwarding targets: ``smtp://`` and ``smtps://`` (and, later, ``lmtp://``), in step.
+
+A transparent proxy with the project's own blocking client: the upstream MAIL goes out when
+the first recipient is routed here, each RCPT as ours arrives (the upstream's answer is our
+answer), and the content after our end of data (the upstream's answer is ours). Nothing is
+queued, so nothing can be lost here: the client hears 250 only after the upstream said 250.
+
+| upstream                                   | our reply                                   |
+| ------------------------------------------ | ------------------------------------------- |
+| unreachable, timeout, broken connection    | 451 4.4.1 (the sender retries)              |
+| 4xx (greeting, EHLO, MAIL, RCPT, data)     | 451 4.4.1 with the upstream's text          |
+| 5xx at RCPT or after the data              | that 5xx, as it is                          |
+| 5xx at MAIL                                | that 5xx, for every recipient routed here   |
+| 5xx greeting, EHLO, STARTTLS, AUTH         | 451 4.4.1 (our configuration, not the mail) |
+| 250 after the data                         | that 250 (with the upstream's queue id)     |
+
+A timeout after the content was sent is 451 too: the upstream may have taken the message, so
+the sender's retry can deliver it twice (never zero times); the upstream sees the same
+Message-ID and our transaction id (in the Received line we add) both times.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import urllib.parse
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from smtp_core import (
+    Envelope,
+    Extensions,
+    MailParams,
+    RcptParams,
+    Reject,
+    Reply,
+    SMTPError,
+    SMTPNotSupported,
+    SMTPRefused,
+    StepStart,
+    TLSMode,
+)
+
+from ._client import Client
+
+__all__ = ["SMTPForward", "forward_target"]
+
+log = logging.getLogger("smtpmux.delivery")
+
+_CHUNK = 256 * 1024  #: octets read from the spool per write: memory stays bounded
+_DEFAULT_TIMEOUT = 30.0
+_TLS_CHOICES: dict[str, TLSMode] = {
+    "starttls": "starttls",
+    "opportunistic": "opportunistic",
+    "none": "none",
+}
+
+
+def forward_target(text: str) -> Any:
+    """The handler for a forwarding target string: the scheme picks the kind.
+
+    ``smtp://HOST[:PORT][?OPTIONS]`` (port 25) and ``smtps://HOST[:PORT][?OPTIONS]`` (port 465,
+    TLS from the first byte). Options: ``tls=starttls|opportunistic|none`` (smtp:// only;
+    default opportunistic), ``cafile=PATH`` (trust this CA instead of the system's),
+    ``user=NAME`` with ``password_env=VAR`` or ``password_file=PATH`` (AUTH; the password is
+    never written in the target), ``timeout=SECONDS`` (each upstream step, default 30),
+    ``helo=NAME`` (our EHLO name upstream)."""
+    url = urllib.parse.urlsplit(text)
+    factory = _SCHEMES.get(url.scheme.lower())
+    if factory is None:
+        raise ValueError(
+            f"{text!r}: not a forwarding target; write smtp://HOST:PORT or smtps://HOST:PORT"
+        )
+    return factory(text, url)
+
+
+def _smtp_target(text: str, url: urllib.parse.SplitResult) -> SMTPForward:
+    implicit = url.scheme.lower() == "smtps"
+    host, port = _host_port(text, url, 465 if implicit else 25)
+    options = _options(
+        text, url, {"tls", "cafile", "user", "password_env", "password_file", "timeout", "helo"}
+    )
+    tls: TLSMode = "implicit" if implicit else "opportunistic"
+    if "tls" in options:
+        if implicit:
+            raise ValueError(f"{text!r}: smtps:// is TLS from the start; tls= is for smtp://")
+        if options["tls"] not in _TLS_CHOICES:
+            raise ValueError(f"{text!r}: tls= is starttls, opportunistic or none")
+        tls = _TLS_CHOICES[options["tls"]]
+    cafile = options.get("cafile")
+    context = None
+    if cafile is not None:
+        if tls == "none":
+            raise ValueError(f"{text!r}: cafile= with tls=none: no TLS to check")
+        try:
+            context = ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"{text!r}: cannot load cafile={cafile}: {exc}") from None
+    auth = _credentials(text, options)
+    if auth is not None and tls == "none":
+        raise ValueError(f"{text!r}: user= with tls=none would send the password in clear text")
+    timeout = _DEFAULT_TIMEOUT
+    if "timeout" in options:
+        try:
+            timeout = float(options["timeout"])
+        except ValueError:
+            timeout = 0.0
+        if not 0 < timeout < 3600:
+            raise ValueError(f"{text!r}: timeout= is a number of seconds, e.g. timeout=30")
+    canonical = urllib.parse.urlunsplit(
+        (url.scheme.lower(), _netloc(host, port), "", urllib.parse.urlencode(options), "")
+    )
+    return SMTPForward(
+        canonical,
+        host,
+        port,
+        tls=tls,
+        ssl_context=context,
+        auth=auth,
+        timeout=timeout,
+        helo=options.get("helo"),
+    )
+
+
+#: The forwarding schemes. routes-lmtp adds "lmtp" and "lmtp+unix" here, with their factory
+#: in this module (an LMTP transaction's ``deliver`` returns one reply per recipient).
+_SCHEMES: dict[str, Callable[[str, urllib.parse.SplitResult], Any]] = {
+    "smtp": _smtp_target,
+    "smtps": _smtp_target,
+}
+
+
+# --- parsing helpers (shared by every scheme) ------------------------------------------------
+
+
+def _host_port(text: str, url: urllib.parse.SplitResult, default: int) -> tuple[str, int]:
+    if url.username is not None or url.password is not None:
+        raise ValueError(
+            f"{url.scheme}://...: no user or password before the host; write "
+            "?user=NAME&password_env=VAR (or password_file=PATH)"
+        )
+    if url.path not in ("", "/") or url.fragment:
+        raise ValueError(f"{text!r}: write {url.scheme}://HOST:PORT, with options after ?")
+    try:
+        host, port = url.hostname, url.port
+    except ValueError:
+        raise ValueError(f"{text!r}: the port must be a number from 1 to 65535") from None
+    if not host:
+        raise ValueError(f"{text!r}: no host; write {url.scheme}://HOST:PORT")
+    return host, port or default
+
+
+def _options(text: str, url: urllib.parse.SplitResult, known: set[str]) -> dict[str, str]:
+    try:
+        pairs = urllib.parse.parse_qsl(url.query, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        pairs = [] if not url.query else [("", "")]
+    options: dict[str, str] = {}
+    for key, value in pairs:
+        if key == "password":
+            raise ValueError(
+                f"{url.scheme}://...: no password in the target (it would show in logs and "
+                "`ps`); write password_env=VAR or password_file=PATH"
+            )
+        if key not in known:
+            raise ValueError(f"{text!r}: unknown option {key!r}; known: {', '.join(sorted(known))}")
+        if key in options:
+            raise ValueError(f"{text!r}: {key}= given twice")
+        if not value:
+            raise ValueError(f"{text!r}: {key}= needs a value")
+        options[key] = value
+    return options
+
+
+def _credentials(text: str, options: dict[str, str]) -> tuple[str, str] | None:
+    user = options.get("user")
+    env, file = options.get("password_env"), options.get("password_file")
+    if user is None:
+        if env or file:
+            raise ValueError(f"{text!r}: a password without user=NAME")
+        return None
+    if (env is None) == (file is None):
+        raise ValueError(f"{text!r}: user= needs password_env=VAR or password_file=PATH (one)")
+    if env is not None:
+        password = os.environ.get(env)
+        if not password:
+            raise ValueError(f"{text!r}: the environment variable {env} is not set")
+        return user, password
+    assert file is not None
+    try:
+        lines = Path(file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{text!r}: cannot read password_file={file}: {exc}") from None
+    if not lines or not lines[0]:
+        raise ValueError(f"{text!r}: password_file={file} is empty (the first line is used)")
+    return user, lines[0]
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --- replies ---------------------------------------------------------------------------------
+
+
+# Our client hears what happened, not where: the upstream's address stays in our log.
+
+
+def _unavailable(why: str) -> Reply:
+    return Reply(451, f"Upstream unavailable, try again later ({why})", "4.4.1")
+
+
+def _passed_on(reply: Reply) -> Reply:
+    """An upstream's refusal as ours: a 5xx as it is; any 4xx (and anything odd) is 451
+    4.4.1 quoting it, so the sender retries."""
+    if 500 <= reply.code < 600:
+        return reply
+    return Reply(451, f"Upstream said: {reply.code} {reply.text}".strip(), "4.4.1")
+
+
+#: What the message needs that the upstream lacks (SMTPNotSupported): permanent refusals.
+_NOT_SUPPORTED = (
+    ("8BITMIME", 554, "5.6.3"),  # RFC 6152: conversion needed, not offered
+    ("SMTPUTF8", 553, "5.6.7"),  # RFC 6531 §3.5
+    ("REQUIRETLS", 550, "5.7.30"),  # RFC 8689 §5
+    ("SIZE", 552, "5.3.4"),  # RFC 1870
+)
+
+
+# --- the handler -----------------------------------------------------------------------------
+
+
+@attrs.define(eq=False, repr=False)
+class SMTPForward:
+    """Forward in step to an SMTP server (a StepHandler): one upstream connection per
+    transaction, opened at the first recipient, closed after the data or on abort."""
+
+    canonical: str
+    host: str
+    port: int
+    tls: TLSMode = "opportunistic"
+    ssl_context: ssl.SSLContext | None = None
+    auth: tuple[str, str] | None = None
+    timeout: float = _DEFAULT_TIMEOUT
+    helo: str | None = None
+
+    def __repr__(self) -> str:
+        return self.canonical  # options name the password's source, never the password
+
+    @property
+    def where(self) -> str:
+        return _netloc(self.host, self.port)
+
+    def begin(self, start: StepStart) -> SMTPTransaction:
+        client = Client(
+            self.host,
+            self.port,
+            tls=self.tls,
+            ssl_context=self.ssl_context,
+            auth=self.auth,
+            timeout=self.timeout,
+            local_hostname=self.helo,
+        )
+        try:
+            client.open()
+        except SMTPError as exc:
+            client.close()
+            log.warning("forwarding to %s: %s", self.where, exc)
+            raise Reject(_unavailable(_reason(exc))) from None
+        transaction = SMTPTransaction(self, client, start)
+        try:
+            transaction.start()
+        except BaseException:
+            transaction.abort()
+            raise
+        return transaction
+
+    def __call__(self, envelope: Envelope) -> None:
+        """As a plain handler (a caller that does not know steps): the whole transaction at
+        once, with the same rules."""
+        start = StepStart(
+            envelope.mail_from, envelope.mail_params, envelope.session, envelope.transaction_id
+        )
+        transaction = self.begin(start)
+        try:
+            for address, params in zip(envelope.rcpt_tos, envelope.rcpt_params, strict=True):
+                answer = transaction.recipient(address, params)
+                if answer.code >= 400:
+                    raise Reject(answer)
+            reply = transaction.deliver(envelope)
+        except BaseException:
+            transaction.abort()
+            raise
+        if reply.code >= 400:
+            raise Reject(reply)
+
+
+def _reason(exc: SMTPError) -> str:
+    reply = getattr(exc, "reply", None)
+    if isinstance(exc, SMTPRefused) and isinstance(reply, Reply):
+        return f"{reply.code} {reply.text}"
+    return str(exc).split(": ", 1)[-1] or type(exc).__name__
+
+
+class SMTPTransaction:
+    """One upstream transaction, driven by our Session's steps."""
+
+    def __init__(self, target: SMTPForward, client: Client, start: StepStart) -> None:
+        self.target = target
+        self.client = client
+        self.start_info = start
+        self.accepted: list[tuple[str, RcptParams]] = []
+        self.failure: Reply | None = None  #: once the upstream is lost, every answer is this
+        self.closed = False
+
+    @property
+    def where(self) -> str:
+        return self.target.where
+
+    def _lost(self, exc: SMTPError) -> Reply:
+        log.warning("forwarding to %s: %s", self.where, exc)
+        self.failure = _unavailable(_reason(exc))
+        self._close()
+        return self.failure
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.client.quit()  # QUIT inside a transaction abandons it (RFC 5321 §4.1.1.10)
+
+    def _mail_params(self) -> MailParams:
+        """Our client's MAIL parameters, as far as the upstream offers them: BODY, SMTPUTF8
+        and REQUIRETLS must pass (refused otherwise: the message needs them), DSN's RET and
+        ENVID pass when offered; AUTH= and unknown extras stay here."""
+        ours = self.start_info.mail_params
+        ext = self.client.extensions or Extensions()
+        body = ours.body
+        if body in (None, "7BIT"):  # 8BITMIME is a superset: 8-bit octets sent undeclared pass
+            body = "8BITMIME" if ext.eightbitmime else None
+        return MailParams(
+            size=ours.size if ext.size is not None else None,
+            body=body,
+            smtputf8=ours.smtputf8,
+            ret=ours.ret if ext.dsn else None,
+            envid=ours.envid if ext.dsn else None,
+            requiretls=ours.requiretls,
+        )
+
+    def start(self) -> None:
+        """MAIL upstream; a refusal refuses every recipient routed here (raise Reject)."""
+        try:
+            reply = self.client.mail(self.start_info.mail_from, self._mail_params())
+        except SMTPError as exc:
+            raise Reject(self._cannot_take(exc)) from None
+        if reply.code >= 400:
+            raise Reject(_passed_on(reply))
+
+    def _cannot_take(self, exc: SMTPError) -> Reply:
+        """SMTPNotSupported: the upstream lacks what this message needs (8BITMIME, SMTPUTF8,
+        REQUIRETLS, its SIZE): permanent, as RFC 3461/6531 say; anything else is lost."""
+        if isinstance(exc, SMTPNotSupported):
+            log.info("forwarding to %s: %s", self.where, exc)
+            text = str(exc)
+            code, enhanced = next(
+                ((c, e) for word, c, e in _NOT_SUPPORTED if word in text), (554, "5.3.3")
+            )
+            return Reply(code, f"Upstream cannot take this message: {_reason(exc)}", enhanced)
+        return self._lost(exc)
+
+    def recipient(self, address: str, params: RcptParams) -> Reply:
+        if self.failure is not None:
+            return self.failure
+        ext = self.client.extensions or Extensions()
+        upstream = RcptParams(notify=params.notify, orcpt=params.orcpt) if ext.dsn else None
+        try:
+            reply = self.client.rcpt(address, upstream)
+        except SMTPError as exc:
+            return self._cannot_take(exc)
+        if reply.code < 300:
+            self.accepted.append((address, params))
+            return reply
+        return _passed_on(reply)
+
+    def deliver(self, envelope: Envelope) -> Reply:
+        try:
+            return self._deliver(envelope)
+        finally:
+            self._close()
+
+    def _deliver(self, envelope: Envelope) -> Reply:
+        if self.failure is not None:
+            return self.failure
+        wanted = list(zip(envelope.rcpt_tos, envelope.rcpt_params, strict=True))
+        if [a for a, _ in self.accepted] != list(envelope.rcpt_tos):
+            # A fan-out refused a recipient this upstream took: start over with only ours,
+            # so the upstream never delivers to a recipient our client was told is refused.
+            reply = self._restart(wanted)
+            if reply is not None:
+                return reply
+        try:
+            replies = self.client.data(self._content(envelope))
+        except SMTPError as exc:
+            return self._cannot_take(exc)
+        reply = replies[-1] if replies else _unavailable("no reply to the message")
+        if reply.code == 250:
+            return reply
+        if 200 <= reply.code < 300:
+            return Reply(250, f"Upstream said: {reply.text}", "2.0.0")
+        return _passed_on(reply)
+
+    def _restart(self, wanted: list[tuple[str, RcptParams]]) -> Reply | None:
+        try:
+            self.client.reset()
+            self.accepted = []
+            self.start()
+            for address, params in wanted:
+                answer = self.recipient(address, params)
+                if answer.code >= 400:
+                    return answer
+        except Reject as exc:
+            return exc.reply
+        except SMTPError as exc:
+            return self._lost(exc)
+        return None
+
+    def _content(self, envelope: Envelope) -> Iterator[bytes]:
+        """Our Received line (RFC 5321 §4.4: a relay adds one; it names our transaction id),
+        then the message from the spool, in bounded chunks."""
+        yield envelope.received_header()
+        source = envelope.open()
+        while chunk := source.read(_CHUNK):
+            yield chunk
+
+    def abort(self) -> None:
+        self._close()
