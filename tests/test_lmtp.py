@@ -114,12 +114,12 @@ def test_raw_lmtp_over_the_unix_socket(dovecot: Dovecot) -> None:
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(30)
         sock.connect(str(dovecot.socket_path))
-        reader = sock.makefile("rb")
-        for command, expected in UNIX_CONVERSATION:
-            if command:
-                sock.sendall(command)
-            reply = _read_reply(reader)
-            assert reply[-1].startswith(expected), (command, reply)
+        with sock.makefile("rb") as reader:
+            for command, expected in UNIX_CONVERSATION:
+                if command:
+                    sock.sendall(command)
+                reply = _read_reply(reader)
+                assert reply[-1].startswith(expected), (command, reply)
     (stored,) = dovecot.messages("bob")
     assert b"Hello over LMTP." in stored
     assert dovecot.messages("carol") == []
@@ -135,7 +135,10 @@ def test_stopped_dovecot_refuses_connections_and_starts_again(dovecot: Dovecot) 
     dovecot.start()
     assert dovecot.port == port
     with socket.create_connection((dovecot.host, port), timeout=10) as sock:
-        assert sock.makefile("rb").readline().startswith(b"220 ")
+        with sock.makefile("rb") as reader:  # closed, or the socket stays open until GC
+            assert reader.readline().startswith(b"220 ")
+            sock.sendall(b"QUIT\r\n")
+            assert reader.readline().startswith(b"221 ")
 
 
 # --- lmtp:// and lmtp+unix:// targets, end to end: smtplib -> our server -> Dovecot ---------
