@@ -7,6 +7,7 @@ import re
 import smtplib
 import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 import anyio
@@ -14,7 +15,18 @@ import pytest
 
 import smtp_anyio
 import smtp_sync
-from smtp_core import Envelope, RcptParams, Reply, Router, SendResult, ServerConfig, StepStart
+from smtp_core import (
+    Envelope,
+    MailParams,
+    RcptParams,
+    Reject,
+    Reply,
+    Router,
+    SendResult,
+    ServerConfig,
+    SessionInfo,
+    StepStart,
+)
 from smtp_sync._forward import LMTPForward, forward_target
 from smtp_sync._step import fan_out
 
@@ -408,3 +420,38 @@ def test_bad_lmtp_target_strings(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message) as info:
         forward_target(text)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("users", "refusal", "delivered"),
+    [
+        (["bob", "alice"], None, {"bob", "alice"}),
+        (["bob", "nobody"], "550 5.1.1", set()),  # refused at RCPT: nothing is sent
+        (["bob", "carol"], "552 5.2.2", {"bob"}),  # refused after the data by one recipient
+        (["bob", "dave", "carol"], "451 4.4.1", {"bob"}),  # a temporary refusal wins
+    ],
+)
+def test_lmtp_target_as_a_plain_handler(
+    dovecot: Dovecot, users: list[str], refusal: str | None, delivered: set[str]
+) -> None:
+    """Called with a whole Envelope (by code that does not know step handlers), the target runs
+    the transaction at once: it returns when every recipient took the message, else raises
+    Reject with the first temporary refusal, else the first permanent one."""
+    target = forward_target(_target_text(dovecot, "unix"))
+    envelope = Envelope(
+        mail_from="sender@example.org",
+        rcpt_tos=tuple(f"{user}@example.com" for user in users),
+        content=_message("plain"),
+        mail_params=MailParams(),
+        rcpt_params=tuple(RcptParams() for _ in users),
+        session=SessionInfo("plain1", "mx.example.com", extended=True),
+        received_at=datetime.now(UTC),
+        transaction_id="plain1-1",
+    )
+    if refusal is None:
+        target(envelope)
+    else:
+        with pytest.raises(Reject) as refused:
+            target(envelope)
+        assert _code(refused.value.reply) == refusal
+    assert {user for user in ("alice", "bob") if dovecot.messages(user)} == delivered
