@@ -149,6 +149,8 @@ def _lmtp_target(text: str, url: urllib.parse.SplitResult) -> LMTPForward:
             "slashes (e.g. lmtp+unix:///run/dovecot/lmtp)"
         )
     path = urllib.parse.unquote(url.path)
+    if len(os.fsencode(path)) > 107:  # sun_path: 108 octets with the final NUL (Linux)
+        raise ValueError(f"{text!r}: a unix socket path is at most 107 octets long")
     query = urllib.parse.urlencode(options)
     canonical = f"lmtp+unix://{url.path}" + (f"?{query}" if query else "")
     return LMTPForward(

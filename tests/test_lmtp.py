@@ -414,6 +414,7 @@ def test_lmtp_target_strings(text: str, canonical: str, where: str) -> None:
         ("lmtp://h?timeout=never", "timeout= is a number"),
         ("lmtp+unix://run/dovecot/lmtp", "absolute path of the socket after three slashes"),
         ("lmtp+unix:relative", "absolute path"),
+        ("lmtp+unix:///" + "d/" * 60 + "lmtp", "at most 107 octets"),
     ],
 )
 def test_bad_lmtp_target_strings(text: str, message: str) -> None:
