@@ -629,8 +629,8 @@ class LMTPTransaction(SMTPTransaction):
 
 def _delivered(reply: Reply) -> Reply:
     """An LMTP server's answer for one recipient after the data, as ours."""
-    if reply.code == 250:
-        return reply  # with its text: Dovecot's "<bob@example.com> ID Saved"
+    if reply.code == 250:  # with its text: Dovecot's "<bob@example.com> ID Saved"
+        return reply if reply.enhanced else attrs.evolve(reply, enhanced="2.0.0")
     if 200 <= reply.code < 300:
         return Reply(250, f"Upstream said: {reply.text}", "2.0.0")
     return _passed_on(reply)
