@@ -123,6 +123,16 @@ class Dovecot:
         except FileNotFoundError:
             return ""
 
+    def logged(self, text: str, timeout: float = 15.0) -> bool:
+        """Whether ``text`` shows up in the log within ``timeout`` seconds (Dovecot's log
+        process writes a moment after the event)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def write_config(self) -> None:
         """The configuration, the users file and the mail directory, for ``self.port``."""
         uid, gid, privileges = _privileges()

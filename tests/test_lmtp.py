@@ -456,3 +456,27 @@ def test_lmtp_target_as_a_plain_handler(
             target(envelope)
         assert _code(refused.value.reply) == refusal
     assert {user for user in ("alice", "bob") if dovecot.messages(user)} == delivered
+
+
+@pytest.mark.parametrize("end", ["rset", "hang-up"])
+def test_transaction_ended_before_the_data_delivers_nothing(
+    kind: str, dovecot: Dovecot, end: str
+) -> None:
+    """RSET, or our client hanging up, after Dovecot accepted bob: the LMTP transaction is
+    abandoned (QUIT), bob gets nothing; the next transaction delivers as usual."""
+    with running(kind, _router(_target_text(dovecot, "tcp"))) as server:
+        client = smtplib.SMTP("127.0.0.1", server.port)
+        client.ehlo("client.example.org")
+        client.mail("sender@example.org")
+        assert client.rcpt("bob@example.com")[0] == 250
+        if end == "rset":
+            assert client.rset()[0] == 250
+            client.quit()
+        else:
+            client.close()
+        with smtplib.SMTP("127.0.0.1", server.port) as client:
+            assert client.sendmail("s@example.org", ["alice@example.com"], _message("next")) == {}
+    assert dovecot.messages("bob") == []
+    assert len(dovecot.messages("alice")) == 1
+    # the LMTP transaction was ended by our QUIT, not by a dropped connection
+    assert dovecot.logged("Logged out (state=RCPT TO)"), dovecot.log()
