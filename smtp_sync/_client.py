@@ -90,7 +90,7 @@ class Client(ClientBase):
         STARTTLS and AUTH as configured."""
         session = self._session
         try:
-            self._sock = socket.create_connection((self.host, self.port), session.io_timeout)
+            self._sock = self._connect()
         except TimeoutError:
             raise session.abort(
                 SMTPTimeout(f"cannot connect to {session.server}: no answer in time")
@@ -103,10 +103,16 @@ class Client(ClientBase):
             local = self._sock.getsockname()
             if session.tls == "implicit":
                 self._carry_out(WrapTLS(session.io_timeout))
-            self._run(session.open(address_literal(str(local[0]))))
+            # a unix socket has no address to name us by: localhost, unless local_hostname says
+            name = "localhost" if isinstance(local, str) else address_literal(str(local[0]))
+            self._run(session.open(name))
         except BaseException:
             self.quit()
             raise
+
+    def _connect(self) -> socket.socket:
+        """The connected socket (smtp_sync._forward connects to an LMTP unix socket instead)."""
+        return socket.create_connection((self.host, self.port), self._session.io_timeout)
 
     def send_message(
         self,

@@ -1,4 +1,4 @@
-"""Forwarding targets: ``smtp://`` and ``smtps://`` (and, later, ``lmtp://``), in step.
+"""Forwarding targets: ``smtp://``, ``smtps://``, ``lmtp://`` and ``lmtp+unix://``, in step.
 
 A transparent proxy with the project's own blocking client: the upstream MAIL goes out when
 the first recipient is routed here, each RCPT as ours arrives (the upstream's answer is our
@@ -17,12 +17,20 @@ queued, so nothing can be lost here: the client hears 250 only after the upstrea
 A timeout after the content was sent is 451 too: the upstream may have taken the message, so
 the sender's retry can deliver it twice (never zero times); the upstream sees the same
 Message-ID and our transaction id (in the Received line we add) both times.
+
+LMTP (RFC 2033: Dovecot's ``lmtp`` service, a mail store) goes the same way, over TCP or a unix
+socket; an unknown user is refused at our RCPT with the store's own 550 5.1.1. After the data
+it answers each recipient: ``LMTPTransaction.deliver`` returns those answers one per recipient,
+and the Session passes them on one by one when we speak LMTP ourselves, or makes one SMTP reply
+of them (250 only when every recipient took it; else the first 4xx; else the first 5xx: no
+recipient that was refused is ever reported delivered; see docs/routes.md).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import ssl
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -47,7 +55,7 @@ from smtp_core import (
 
 from ._client import Client
 
-__all__ = ["SMTPForward", "forward_target"]
+__all__ = ["LMTPForward", "SMTPForward", "forward_target"]
 
 log = logging.getLogger("smtpmux.delivery")
 
@@ -68,12 +76,17 @@ def forward_target(text: str) -> Any:
     default opportunistic), ``cafile=PATH`` (trust this CA instead of the system's),
     ``user=NAME`` with ``password_env=VAR`` or ``password_file=PATH`` (AUTH; the password is
     never written in the target), ``timeout=SECONDS`` (each upstream step, default 30),
-    ``helo=NAME`` (our EHLO name upstream)."""
+    ``helo=NAME`` (our EHLO name upstream).
+
+    ``lmtp://HOST[:PORT]`` (port 24) and ``lmtp+unix:///PATH`` (an absolute path): LMTP, in
+    clear text (a local socket or a trusted network); options ``timeout=`` and ``helo=`` (our
+    LHLO name, by default our own host name)."""
     url = urllib.parse.urlsplit(text)
     factory = _SCHEMES.get(url.scheme.lower())
     if factory is None:
         raise ValueError(
-            f"{text!r}: not a forwarding target; write smtp://HOST:PORT or smtps://HOST:PORT"
+            f"{text!r}: not a forwarding target; write smtp://HOST:PORT, smtps://HOST:PORT, "
+            "lmtp://HOST:PORT or lmtp+unix:///PATH"
         )
     return factory(text, url)
 
@@ -103,14 +116,7 @@ def _smtp_target(text: str, url: urllib.parse.SplitResult) -> SMTPForward:
     auth = _credentials(text, options)
     if auth is not None and tls == "none":
         raise ValueError(f"{text!r}: user= with tls=none would send the password in clear text")
-    timeout = _DEFAULT_TIMEOUT
-    if "timeout" in options:
-        try:
-            timeout = float(options["timeout"])
-        except ValueError:
-            timeout = 0.0
-        if not 0 < timeout < 3600:
-            raise ValueError(f"{text!r}: timeout= is a number of seconds, e.g. timeout=30")
+    timeout = _timeout(text, options)
     canonical = urllib.parse.urlunsplit(
         (url.scheme.lower(), _netloc(host, port), "", urllib.parse.urlencode(options), "")
     )
@@ -126,11 +132,38 @@ def _smtp_target(text: str, url: urllib.parse.SplitResult) -> SMTPForward:
     )
 
 
-#: The forwarding schemes. routes-lmtp adds "lmtp" and "lmtp+unix" here, with their factory
-#: in this module (an LMTP transaction's ``deliver`` returns one reply per recipient).
+def _lmtp_target(text: str, url: urllib.parse.SplitResult) -> LMTPForward:
+    options = _options(text, url, {"timeout", "helo"})
+    timeout = _timeout(text, options)
+    if url.scheme.lower() == "lmtp":
+        host, port = _host_port(text, url, 24)  # "lmtp 24/tcp" in /etc/services
+        canonical = urllib.parse.urlunsplit(
+            ("lmtp", _netloc(host, port), "", urllib.parse.urlencode(options), "")
+        )
+        return LMTPForward(
+            canonical, host, port, tls="none", timeout=timeout, helo=options.get("helo")
+        )
+    if url.netloc or not url.path.startswith("/") or url.fragment:
+        raise ValueError(
+            f"{text!r}: write lmtp+unix:///PATH, the absolute path of the socket after three "
+            "slashes (e.g. lmtp+unix:///run/dovecot/lmtp)"
+        )
+    path = urllib.parse.unquote(url.path)
+    if len(os.fsencode(path)) > 107:  # sun_path: 108 octets with the final NUL (Linux)
+        raise ValueError(f"{text!r}: a unix socket path is at most 107 octets long")
+    query = urllib.parse.urlencode(options)
+    canonical = f"lmtp+unix://{url.path}" + (f"?{query}" if query else "")
+    return LMTPForward(
+        canonical, "localhost", 0, tls="none", timeout=timeout, helo=options.get("helo"), path=path
+    )
+
+
+#: The forwarding schemes, each with its factory.
 _SCHEMES: dict[str, Callable[[str, urllib.parse.SplitResult], Any]] = {
     "smtp": _smtp_target,
     "smtps": _smtp_target,
+    "lmtp": _lmtp_target,
+    "lmtp+unix": _lmtp_target,
 }
 
 
@@ -152,6 +185,18 @@ def _host_port(text: str, url: urllib.parse.SplitResult, default: int) -> tuple[
     if not host:
         raise ValueError(f"{text!r}: no host; write {url.scheme}://HOST:PORT")
     return host, port or default
+
+
+def _timeout(text: str, options: dict[str, str]) -> float:
+    if "timeout" not in options:
+        return _DEFAULT_TIMEOUT
+    try:
+        timeout = float(options["timeout"])
+    except ValueError:
+        timeout = 0.0
+    if not 0 < timeout < 3600:
+        raise ValueError(f"{text!r}: timeout= is a number of seconds, e.g. timeout=30")
+    return timeout
 
 
 def _options(text: str, url: urllib.parse.SplitResult, known: set[str]) -> dict[str, str]:
@@ -437,3 +482,155 @@ class SMTPTransaction:
 
     def abort(self) -> None:
         self._close()
+
+
+# --- LMTP ------------------------------------------------------------------------------------
+
+
+class _UnixClient(Client):
+    """Our blocking client over a unix socket (Dovecot's ``/run/dovecot/lmtp``)."""
+
+    def __init__(self, path: str, **options: Any) -> None:
+        super().__init__("localhost", 0, **options)
+        self.path = path
+        self._session.server = path
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self._session.io_timeout)
+            sock.connect(self.path)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+@attrs.define(eq=False, repr=False)
+class LMTPForward(SMTPForward):
+    """Deliver in step over LMTP (a StepHandler) to ``host:port``, or to the unix socket
+    ``path``: one connection per transaction, as SMTPForward, with one answer per recipient
+    after the data."""
+
+    path: str | None = None
+
+    @property
+    def where(self) -> str:
+        return self.path or _netloc(self.host, self.port)
+
+    def begin(self, start: StepStart) -> LMTPTransaction:
+        # LHLO names us by our own host name (a unix socket has no address literal)
+        options: dict[str, Any] = {
+            "tls": "none",
+            "timeout": self.timeout,
+            "local_hostname": self.helo or start.session.hostname,
+            "lmtp": True,
+        }
+        if self.path is not None:
+            client: Client = _UnixClient(self.path, **options)
+        else:
+            client = Client(self.host, self.port, **options)
+        try:
+            client.open()
+        except SMTPError as exc:
+            client.close()
+            log.warning("delivering over LMTP to %s: %s", self.where, exc)
+            raise Reject(_unavailable(_reason(exc))) from None
+        transaction = LMTPTransaction(self, client, start)
+        try:
+            transaction.start()
+        except BaseException:
+            transaction.abort()
+            raise
+        return transaction
+
+    def __call__(self, envelope: Envelope) -> None:
+        """As a plain handler: the whole transaction at once; a refusal of any recipient
+        refuses the message (its first temporary one, else its first permanent one)."""
+        start = StepStart(
+            envelope.mail_from, envelope.mail_params, envelope.session, envelope.transaction_id
+        )
+        transaction = self.begin(start)
+        try:
+            for address, params in zip(envelope.rcpt_tos, envelope.rcpt_params, strict=True):
+                answer = transaction.recipient(address, params)
+                if answer.code >= 400:
+                    raise Reject(answer)
+            replies = transaction.deliver(envelope)
+        except BaseException:
+            transaction.abort()
+            raise
+        failures = [r for r in replies if r.code >= 400]
+        if failures:
+            raise Reject(next((r for r in failures if r.code < 500), failures[0]))
+
+
+class LMTPTransaction(SMTPTransaction):
+    """One LMTP transaction: as SMTP, but the data is answered recipient by recipient."""
+
+    def _mail_params(self) -> MailParams:
+        """As for SMTP, but the mail store is the last hop, not a relay: SMTPUTF8 is declared
+        only when offered (Dovecot 2.3 does not; addresses that need it are still refused),
+        and REQUIRETLS (RFC 8689, a requirement on relays) ends with us."""
+        params = super()._mail_params()
+        ext = self.client.extensions or Extensions()
+        return attrs.evolve(params, smtputf8=params.smtputf8 and ext.smtputf8, requiretls=False)
+
+    def deliver(self, envelope: Envelope) -> list[Reply]:  # type: ignore[override]
+        """One reply per recipient of ``envelope``, in its order (the step protocol's LMTP
+        answer; an SMTP transaction's ``deliver`` has one for all)."""
+        try:
+            return self._deliver_each(envelope)
+        finally:
+            self._close()
+
+    def _deliver_each(self, envelope: Envelope) -> list[Reply]:
+        count = len(envelope.rcpt_tos)
+        if self.failure is not None:
+            return [self.failure] * count
+        #: a recipient's answer once known before the data (refused when starting over)
+        answers: list[Reply | None] = [None] * count
+        if [a for a, _ in self.accepted] != list(envelope.rcpt_tos):
+            self._start_over(envelope, answers)
+        if not self.accepted:  # each refused on starting over: no content to send
+            lost = self.failure or _unavailable("no recipient accepted")
+            return [lost if answer is None else answer for answer in answers]
+        try:
+            replies = self.client.data(self._content(envelope))
+        except SMTPError as exc:
+            return [self._cannot_take(exc)] * count
+        if len(replies) != len(self.accepted):  # DATA or a BDAT chunk refused: one for all
+            shared = _passed_on(replies[0]) if replies else _unavailable("no reply to the data")
+            return [shared if answer is None else answer for answer in answers]
+        given = iter(replies)  # one per recipient accepted upstream: the Nones, in order
+        return [_delivered(next(given)) if answer is None else answer for answer in answers]
+
+    def _start_over(self, envelope: Envelope, answers: list[Reply | None]) -> None:
+        """We accepted fewer recipients than the LMTP server did (a fan-out target after this
+        one refused some): RSET, MAIL and only our RCPTs, so that nobody our client was told
+        is refused gets the message. A recipient refused now gets that answer."""
+        try:
+            self.client.reset()
+            self.accepted = []
+            self.start()
+        except Reject as exc:
+            answers[:] = [exc.reply] * len(answers)
+            return
+        except SMTPError as exc:
+            answers[:] = [self._lost(exc)] * len(answers)
+            return
+        for index, (address, params) in enumerate(
+            zip(envelope.rcpt_tos, envelope.rcpt_params, strict=True)
+        ):
+            answer = self.recipient(address, params)
+            if answer.code >= 400:
+                answers[index] = answer
+
+
+def _delivered(reply: Reply) -> Reply:
+    """An LMTP server's answer for one recipient after the data, as ours."""
+    if reply.code == 250:  # with its text: Dovecot's "<bob@example.com> ID Saved"
+        return reply if reply.enhanced else attrs.evolve(reply, enhanced="2.0.0")
+    if 200 <= reply.code < 300:
+        return Reply(250, f"Upstream said: {reply.text}", "2.0.0")
+    return _passed_on(reply)

@@ -1,5 +1,5 @@
-"""The programs some tests drive (swaks, curl, Postfix's smtp-sink and smtp-source, HAProxy):
-where they are, and what a test does when one is missing.
+"""The programs some tests drive (swaks, curl, Postfix's smtp-sink and smtp-source, HAProxy,
+Dovecot): where they are, and what a test does when one is missing.
 
 Missing on a developer's machine: the test is skipped with the package to install. Missing in CI
 (``CI=true`` in the environment, as GitHub Actions and most CI services set it): the test fails,
@@ -21,6 +21,7 @@ INSTALL = {
     "smtp-sink": "apt-get install postfix",
     "smtp-source": "apt-get install postfix",
     "haproxy": "apt-get install haproxy",
+    "dovecot": "apt-get install dovecot-core dovecot-lmtpd",
 }
 
 
