@@ -25,9 +25,16 @@ from collections.abc import Iterator, Mapping
 
 import httpx
 
-from smtp_core import Envelope, Reject, Reply
+from smtp_core import Envelope
 
-from ._message import message_chunks, message_id, message_size, reply_text
+from ._delivery import (
+    message_chunks,
+    message_id,
+    message_size,
+    permanent,
+    reply_text,
+    temporary,
+)
 
 __all__ = ["SIGNED_HEADERS", "Webhook", "envelope_headers", "signature_base", "webhook_target"]
 
@@ -221,7 +228,7 @@ class Webhook:
                 exc,
             )
             what = "timed out" if isinstance(exc, httpx.TimeoutException) else "unreachable"
-            raise Reject(Reply(451, f"Webhook {what}, try again later", "4.4.1")) from exc
+            raise temporary(f"Webhook {what}, try again later") from exc
         try:
             status = response.status_code
             said = "" if status < 400 else _first_line(response)
@@ -250,8 +257,8 @@ def _outcome(hook: Webhook, envelope: Envelope, status: int, phrase: str, said: 
     detail = f"HTTP {status} {reply_text(phrase, 60)}".rstrip() + (f": {said}" if said else "")
     log.warning("webhook %r: message %s: %s", hook, envelope.transaction_id, detail)
     if status in (408, 429) or status >= 500 or status < 400:
-        raise Reject(Reply(451, f"Webhook answered {detail}, try again later", "4.4.1"))
-    raise Reject(Reply(550, f"Webhook refused the message: {detail}", "5.6.0"))
+        raise temporary(f"Webhook answered {detail}, try again later")
+    raise permanent(f"Webhook refused the message: {detail}", "5.6.0")
 
 
 def webhook_target(text: str) -> Webhook:
