@@ -28,8 +28,11 @@ __all__ = [
 CHUNK = 256 * 1024  #: octets read from the spool at a time: memory stays bounded
 _HEAD_LIMIT = 64 * 1024  #: the Message-ID is looked for in this much of the header section
 _HEAD_CHUNK = 8 * 1024  #: octets read at a time while looking for the end of the header
-_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*((?:.*)(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.M)
+#: RFC 5322 §4.5.3 (obs-optional) allows white space before the colon; ``.`` keeps a line's CR
+_MESSAGE_ID = re.compile(rb"^message-id[ \t]*:[ \t]*(.*(?:\n[ \t].*)*)", re.IGNORECASE | re.M)
 _END_OF_HEADER = re.compile(rb"\r?\n\r?\n")
+#: a line of the header section: a field (name, colon) or the continuation of one (§2.2)
+_HEADER_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:|[ \t]")
 _FOLD = re.compile(rb"\r?\n(?=[ \t])")
 _UNSAFE = re.compile(r"[^\x20-\x7e]+")
 
@@ -67,17 +70,31 @@ def message_id(envelope: Envelope) -> str | None:
         head += chunk
         if len(head) >= _HEAD_LIMIT or _END_OF_HEADER.search(head):
             break
-    end = _END_OF_HEADER.search(head)
-    head = head[: end.start() + 2] if end else head[:_HEAD_LIMIT]
-    if head.startswith((b"\r\n", b"\n")):  # no header section at all
-        return None
-    found = _MESSAGE_ID.search(head)
+    head = head[:_HEAD_LIMIT]
+    if len(head) == _HEAD_LIMIT and not _END_OF_HEADER.search(head):
+        head = head[: head.rfind(b"\n") + 1]  # a line cut at the limit is not a whole field
+    found = _MESSAGE_ID.search(_header_section(head))
     if found is None:
         return None
     value = _FOLD.sub(b"", found[1]).decode("utf-8", "replace")
     value = " ".join(value.split())
     value = "".join(ch for ch in value if ch.isprintable())
     return value[:998] or None
+
+
+def _header_section(head: bytes) -> bytes:
+    """The header fields at the start of ``head``: up to the blank line, or up to the first
+    line that is neither a field nor a continuation (a mail parser, Python's or Postfix's,
+    takes the rest as body). A first line ``From …`` (an mbox envelope line) is passed over."""
+    lines = head.split(b"\n")
+    if lines[0].startswith(b"From "):
+        lines = lines[1:]
+    kept = []
+    for line in lines:
+        if not _HEADER_LINE.match(line):  # the blank line, or the body begins
+            break
+        kept.append(line)
+    return b"\n".join(kept)
 
 
 # --- answering -------------------------------------------------------------------------------

@@ -11,10 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 
-from smtp_core import Envelope, MailParams, RcptParams, Reject, SessionInfo
+from smtp_core import Envelope, MailParams, RcptParams, SessionInfo
 from smtp_sync import targets as table
 from smtp_sync.targets import SCHEMES, target, targets
 
@@ -212,50 +211,6 @@ def envelope() -> Envelope:
         received_at=datetime(2026, 1, 1, 12, 0, tzinfo=UTC),
         transaction_id="S1-1",
     )
-
-
-def with_content(envelope: Envelope, content: bytes) -> Envelope:
-    return attrs.evolve(envelope, content=content)
-
-
-@pytest.mark.parametrize(
-    ("content", "expected"),
-    [
-        (b"Message-ID: <a@b>\r\nSubject: x\r\n\r\nbody\r\n", "<a@b>"),
-        (b"Subject: x\r\nmessage-id:\r\n <folded@b>\r\n\r\nMessage-ID: <body@b>\r\n", "<folded@b>"),
-        (b"Subject: x\r\n\r\nMessage-ID: <in-the-body@b>\r\n", None),
-        (b"\r\nMessage-ID: <a@b>\r\n", None),
-        (b"Message-ID: <a@b>\n\nbare LF\n", "<a@b>"),
-        (b"Message-ID: \r\n\r\n", None),
-        (b"", None),
-        (b"X: " + b"y" * 200_000 + b"\r\nMessage-ID: <late@b>\r\n\r\n", None),
-    ],
-    ids=["plain", "folded", "only-in-body", "no-header", "bare-lf", "empty", "no-message", "huge"],
-)
-def test_message_id_reads_the_header_only(
-    envelope: Envelope, content: bytes, expected: str | None
-) -> None:
-    assert table.message_id(with_content(envelope, content)) == expected
-
-
-def test_message_id_from_a_spooled_file(envelope: Envelope, tmp_path: Path) -> None:
-    spooled = (tmp_path / "spool").open("w+b")
-    spooled.write(b"Message-ID: <spooled@b>\r\n\r\n" + b"x" * 1_000_000)
-    with spooled:
-        assert table.message_id(with_content(envelope, spooled)) == "<spooled@b>"  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    ("made", "code", "enhanced"),
-    [
-        (table.temporary("upstream down"), 451, "4.4.1"),
-        (table.temporary("disk", "4.3.0"), 451, "4.3.0"),
-        (table.permanent("no such user", "5.1.1"), 550, "5.1.1"),
-        (table.permanent("HTTP 403", "5.6.0", 554), 554, "5.6.0"),
-    ],
-)
-def test_outcomes_are_rejects_with_the_reply(made: Reject, code: int, enhanced: str) -> None:
-    assert (made.reply.code, made.reply.enhanced) == (code, enhanced)
 
 
 def test_a_directory_may_start_with_a_tilde(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
