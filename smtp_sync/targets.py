@@ -211,12 +211,10 @@ SCHEMES: tuple[Scheme, ...] = (
     Scheme("python:", "python:MODULE:CALLABLE", _python_target),
 )
 
-_BY_LENGTH = sorted(SCHEMES, key=lambda scheme: -len(scheme.prefix))
-
 
 def _scheme(text: str) -> Scheme:
     folded = text.lower()
-    for scheme in _BY_LENGTH:
+    for scheme in sorted(SCHEMES, key=lambda scheme: -len(scheme.prefix)):
         prefix = scheme.prefix
         if prefix.endswith((":", "/")):
             if folded.startswith(prefix):
