@@ -25,14 +25,7 @@ from typing import IO
 
 from smtp_core import Envelope
 
-from ._delivery import (
-    message_chunks,
-    message_id,
-    message_size,
-    permanent,
-    reply_text,
-    temporary,
-)
+from ._delivery import message_chunks, message_id, message_size, permanent, reply_text, temporary
 
 __all__ = ["EX_TEMPFAIL", "Pipe", "pipe_target", "program_environment"]
 

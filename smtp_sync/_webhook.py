@@ -27,14 +27,7 @@ import httpx
 
 from smtp_core import Envelope
 
-from ._delivery import (
-    message_chunks,
-    message_id,
-    message_size,
-    permanent,
-    reply_text,
-    temporary,
-)
+from ._delivery import message_chunks, message_id, message_size, permanent, reply_text, temporary
 
 __all__ = ["SIGNED_HEADERS", "Webhook", "envelope_headers", "signature_base", "webhook_target"]
 
