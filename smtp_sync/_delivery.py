@@ -22,6 +22,7 @@ __all__ = [
     "message_size",
     "permanent",
     "reply_text",
+    "seconds",
     "temporary",
 ]
 
@@ -118,6 +119,16 @@ def combined_refusal(replies: Iterable[Reply]) -> Reply | None:
     answer accepted."""
     failures = [reply for reply in replies if reply.code >= 400]
     return next((r for r in failures if r.code < 500), failures[0]) if failures else None
+
+
+def seconds(value: str) -> float | None:
+    """A target's ``timeout=`` value: a number of seconds above 0 (and finite), else None, so
+    that each target says in its own words what to write."""
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if 0 < number < float("inf") else None
 
 
 def reply_text(text: str, limit: int = 200) -> str:

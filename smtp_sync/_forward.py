@@ -54,7 +54,7 @@ from smtp_core import (
 )
 
 from ._client import Client
-from ._delivery import combined_refusal, message_chunks, permanent, temporary
+from ._delivery import combined_refusal, message_chunks, permanent, seconds, temporary
 
 __all__ = ["LMTPForward", "SMTPForward", "forward_target"]
 
@@ -190,11 +190,8 @@ def _host_port(text: str, url: urllib.parse.SplitResult, default: int) -> tuple[
 def _timeout(text: str, options: dict[str, str]) -> float:
     if "timeout" not in options:
         return _DEFAULT_TIMEOUT
-    try:
-        timeout = float(options["timeout"])
-    except ValueError:
-        timeout = 0.0
-    if not 0 < timeout < 3600:
+    timeout = seconds(options["timeout"])
+    if timeout is None or timeout >= 3600:
         raise ValueError(f"{text!r}: timeout= is a number of seconds, e.g. timeout=30")
     return timeout
 

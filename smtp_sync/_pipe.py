@@ -25,7 +25,15 @@ from typing import IO
 
 from smtp_core import Envelope
 
-from ._delivery import message_chunks, message_id, message_size, permanent, reply_text, temporary
+from ._delivery import (
+    message_chunks,
+    message_id,
+    message_size,
+    permanent,
+    reply_text,
+    seconds,
+    temporary,
+)
 
 __all__ = ["EX_TEMPFAIL", "Pipe", "pipe_target", "program_environment"]
 
@@ -185,12 +193,10 @@ def pipe_target(text: str) -> Pipe:
                 f"{text}: unknown option {name!r} (the only one is timeout=SECONDS); "
                 f"to set a variable for the program write pipe:env {name}=... COMMAND"
             )
-        try:
-            timeout = float(value)
-        except ValueError:
-            timeout = -1.0
-        if not 0 < timeout < float("inf"):
+        given = seconds(value)
+        if given is None:
             raise ValueError(f"{text}: timeout must be a number of seconds above 0")
+        timeout = given
     if not words:
         raise ValueError(f"{text}: no command; write e.g. pipe:/usr/bin/deliver --to list")
     program = words[0]

@@ -27,7 +27,15 @@ import httpx
 
 from smtp_core import Envelope
 
-from ._delivery import message_chunks, message_id, message_size, permanent, reply_text, temporary
+from ._delivery import (
+    message_chunks,
+    message_id,
+    message_size,
+    permanent,
+    reply_text,
+    seconds,
+    temporary,
+)
 
 __all__ = ["SIGNED_HEADERS", "Webhook", "envelope_headers", "signature_base", "webhook_target"]
 
@@ -279,12 +287,10 @@ def webhook_target(text: str) -> Webhook:
     options = _parse_options(fragment, shown)
     timeout = DEFAULT_TIMEOUT
     if "timeout" in options:
-        try:
-            timeout = float(options["timeout"])
-        except ValueError:
-            timeout = -1.0
-        if not 0 < timeout < float("inf"):
+        given = seconds(options["timeout"])
+        if given is None:
             raise ValueError(f"{shown}: timeout must be a number of seconds above 0")
+        timeout = given
     cafile = options.get("cafile")
     if cafile is not None and not os.path.isfile(cafile):
         raise ValueError(f"{shown}: cafile {cafile} is not a readable file")

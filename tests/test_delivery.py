@@ -17,6 +17,7 @@ from smtp_sync._delivery import (
     message_size,
     permanent,
     reply_text,
+    seconds,
     temporary,
 )
 
@@ -167,3 +168,12 @@ def test_combined_refusal(replies: list[Reply], expected: Reply | None) -> None:
 )
 def test_reply_text_is_one_safe_line(text: str, limit: int, expected: str) -> None:
     assert reply_text(text, limit) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("30", 30.0), ("0.5", 0.5), ("1e3", 1000.0)]
+    + [(bad, None) for bad in ("0", "-1", "soon", "", "inf", "nan", "1e400")],
+)
+def test_seconds_is_a_positive_finite_number(value: str, expected: float | None) -> None:
+    assert seconds(value) == expected
