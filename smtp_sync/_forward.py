@@ -308,6 +308,8 @@ class SMTPForward:
     auth: tuple[str, str] | None = None
     timeout: float = _DEFAULT_TIMEOUT
     helo: str | None = None
+    #: what our log says we were doing when the upstream failed
+    doing: ClassVar[str] = "forwarding"
 
     def __repr__(self) -> str:
         return self.canonical  # options name the password's source, never the password
@@ -316,10 +318,8 @@ class SMTPForward:
     def where(self) -> str:
         return _netloc(self.host, self.port)
 
-    #: what our log says we were doing when the upstream failed
-    doing: ClassVar[str] = "forwarding"
-
     def _client(self, start: StepStart) -> Client:
+        """A client for one transaction, not connected yet."""
         return Client(
             self.host,
             self.port,
@@ -534,12 +534,11 @@ class LMTPForward(SMTPForward):
     after the data."""
 
     path: str | None = None
+    doing: ClassVar[str] = "delivering over LMTP"
 
     @property
     def where(self) -> str:
         return self.path or _netloc(self.host, self.port)
-
-    doing: ClassVar[str] = "delivering over LMTP"
 
     def _client(self, start: StepStart) -> Client:
         # LHLO names us by our own host name (a unix socket has no address literal)
