@@ -35,7 +35,7 @@ import ssl
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 
@@ -54,12 +54,12 @@ from smtp_core import (
 )
 
 from ._client import Client
+from ._delivery import combined_refusal, message_chunks, permanent, seconds, temporary
 
 __all__ = ["LMTPForward", "SMTPForward", "forward_target"]
 
 log = logging.getLogger("smtpmux.delivery")
 
-_CHUNK = 256 * 1024  #: octets read from the spool per write: memory stays bounded
 _DEFAULT_TIMEOUT = 30.0
 _TLS_CHOICES: dict[str, TLSMode] = {
     "starttls": "starttls",
@@ -190,11 +190,8 @@ def _host_port(text: str, url: urllib.parse.SplitResult, default: int) -> tuple[
 def _timeout(text: str, options: dict[str, str]) -> float:
     if "timeout" not in options:
         return _DEFAULT_TIMEOUT
-    try:
-        timeout = float(options["timeout"])
-    except ValueError:
-        timeout = 0.0
-    if not 0 < timeout < 3600:
+    timeout = seconds(options["timeout"])
+    if timeout is None or timeout >= 3600:
         raise ValueError(f"{text!r}: timeout= is a number of seconds, e.g. timeout=30")
     return timeout
 
@@ -256,7 +253,8 @@ def _netloc(host: str, port: int) -> str:
 
 
 def _unavailable(why: str) -> Reply:
-    return Reply(451, f"Upstream unavailable, try again later ({why})", "4.4.1")
+    """The upstream could not be reached, or went away: the sender retries."""
+    return temporary(f"Upstream unavailable, try again later ({why})").reply
 
 
 def _passed_on(reply: Reply) -> Reply:
@@ -264,7 +262,25 @@ def _passed_on(reply: Reply) -> Reply:
     4.4.1 quoting it, so the sender retries."""
     if 500 <= reply.code < 600:
         return reply if reply.enhanced else attrs.evolve(reply, enhanced="5.0.0")
-    return Reply(451, f"Upstream said: {reply.code} {reply.text}".strip(), "4.4.1")
+    return temporary(f"Upstream said: {reply.code} {reply.text}".strip()).reply
+
+
+def _answer_to_data(reply: Reply) -> Reply:
+    """An upstream's answer after the data (for one recipient, over LMTP), as ours: a 250
+    with its text (Dovecot's "<bob@example.com> ID Saved", a queue id) and an enhanced code."""
+    if reply.code == 250:
+        return reply if reply.enhanced else attrs.evolve(reply, enhanced="2.0.0")
+    if 200 <= reply.code < 300:
+        return Reply(250, f"Upstream said: {reply.text}", "2.0.0")
+    return _passed_on(reply)
+
+
+def _error_text(exc: SMTPError) -> str:
+    """What went wrong with our client, for a reply: the upstream's refusal, or the error."""
+    reply = getattr(exc, "reply", None)
+    if isinstance(exc, SMTPRefused) and isinstance(reply, Reply):
+        return f"{reply.code} {reply.text}"
+    return str(exc).split(": ", 1)[-1] or type(exc).__name__
 
 
 #: What the message needs that the upstream lacks (SMTPNotSupported): permanent refusals.
@@ -292,6 +308,8 @@ class SMTPForward:
     auth: tuple[str, str] | None = None
     timeout: float = _DEFAULT_TIMEOUT
     helo: str | None = None
+    #: what our log says we were doing when the upstream failed
+    doing: ClassVar[str] = "forwarding"
 
     def __repr__(self) -> str:
         return self.canonical  # options name the password's source, never the password
@@ -300,8 +318,9 @@ class SMTPForward:
     def where(self) -> str:
         return _netloc(self.host, self.port)
 
-    def begin(self, start: StepStart) -> SMTPTransaction:
-        client = Client(
+    def _client(self, start: StepStart) -> Client:
+        """A client for one transaction, not connected yet."""
+        return Client(
             self.host,
             self.port,
             tls=self.tls,
@@ -310,23 +329,14 @@ class SMTPForward:
             timeout=self.timeout,
             local_hostname=self.helo,
         )
-        try:
-            client.open()
-        except SMTPError as exc:
-            client.close()
-            log.warning("forwarding to %s: %s", self.where, exc)
-            raise Reject(_unavailable(_reason(exc))) from None
-        transaction = SMTPTransaction(self, client, start)
-        try:
-            transaction.start()
-        except BaseException:
-            transaction.abort()
-            raise
-        return transaction
+
+    def begin(self, start: StepStart) -> SMTPTransaction:
+        return _begin(self, self._client(start), start, SMTPTransaction)
 
     def __call__(self, envelope: Envelope) -> None:
         """As a plain handler (a caller that does not know steps): the whole transaction at
-        once, with the same rules."""
+        once, with the same rules. Over LMTP a refusal of any recipient after the data refuses
+        the message (its first temporary one, else its first permanent one)."""
         start = StepStart(
             envelope.mail_from, envelope.mail_params, envelope.session, envelope.transaction_id
         )
@@ -336,19 +346,37 @@ class SMTPForward:
                 answer = transaction.recipient(address, params)
                 if answer.code >= 400:
                     raise Reject(answer)
-            reply = transaction.deliver(envelope)
+            outcome: Reply | list[Reply] = transaction.deliver(envelope)
         except BaseException:
             transaction.abort()
             raise
-        if reply.code >= 400:
-            raise Reject(reply)
+        refusal = combined_refusal(outcome if isinstance(outcome, list) else [outcome])
+        if refusal is not None:
+            raise Reject(refusal)
 
 
-def _reason(exc: SMTPError) -> str:
-    reply = getattr(exc, "reply", None)
-    if isinstance(exc, SMTPRefused) and isinstance(reply, Reply):
-        return f"{reply.code} {reply.text}"
-    return str(exc).split(": ", 1)[-1] or type(exc).__name__
+_Transaction = TypeVar("_Transaction", bound="SMTPTransaction")
+
+
+def _begin(
+    target: SMTPForward, client: Client, start: StepStart, kind: type[_Transaction]
+) -> _Transaction:
+    """Connect and send MAIL: an upstream that cannot be reached is 451 4.4.1 (the sender
+    retries), a refused MAIL refuses every recipient routed here; the connection is closed on
+    any failure."""
+    try:
+        client.open()
+    except SMTPError as exc:
+        client.close()
+        log.warning("%s to %s: %s", target.doing, target.where, exc)
+        raise Reject(_unavailable(_error_text(exc))) from None
+    transaction = kind(target, client, start)
+    try:
+        transaction.start()
+    except BaseException:
+        transaction.abort()
+        raise
+    return transaction
 
 
 class SMTPTransaction:
@@ -367,8 +395,8 @@ class SMTPTransaction:
         return self.target.where
 
     def _lost(self, exc: SMTPError) -> Reply:
-        log.warning("forwarding to %s: %s", self.where, exc)
-        self.failure = _unavailable(_reason(exc))
+        log.warning("%s to %s: %s", self.target.doing, self.where, exc)
+        self.failure = _unavailable(_error_text(exc))
         self._close()
         return self.failure
 
@@ -408,12 +436,13 @@ class SMTPTransaction:
         """SMTPNotSupported: the upstream lacks what this message needs (8BITMIME, SMTPUTF8,
         REQUIRETLS, its SIZE): permanent, as RFC 3461/6531 say; anything else is lost."""
         if isinstance(exc, SMTPNotSupported):
-            log.info("forwarding to %s: %s", self.where, exc)
+            log.info("%s to %s: %s", self.target.doing, self.where, exc)
             text = str(exc)
             code, enhanced = next(
                 ((c, e) for word, c, e in _NOT_SUPPORTED if word in text), (554, "5.3.3")
             )
-            return Reply(code, f"Upstream cannot take this message: {_reason(exc)}", enhanced)
+            reason = f"Upstream cannot take this message: {_error_text(exc)}"
+            return permanent(reason, enhanced, code).reply
         return self._lost(exc)
 
     def recipient(self, address: str, params: RcptParams) -> Reply:
@@ -450,12 +479,7 @@ class SMTPTransaction:
             replies = self.client.data(self._content(envelope))
         except SMTPError as exc:
             return self._cannot_take(exc)
-        reply = replies[-1] if replies else _unavailable("no reply to the message")
-        if reply.code == 250:
-            return reply if reply.enhanced else attrs.evolve(reply, enhanced="2.0.0")
-        if 200 <= reply.code < 300:
-            return Reply(250, f"Upstream said: {reply.text}", "2.0.0")
-        return _passed_on(reply)
+        return _answer_to_data(replies[-1] if replies else _unavailable("no reply to the message"))
 
     def _restart(self, wanted: list[tuple[str, RcptParams]]) -> Reply | None:
         try:
@@ -475,10 +499,7 @@ class SMTPTransaction:
     def _content(self, envelope: Envelope) -> Iterator[bytes]:
         """Our Received line (RFC 5321 §4.4: a relay adds one; it names our transaction id),
         then the message from the spool, in bounded chunks."""
-        yield envelope.received_header()
-        source = envelope.open()
-        while chunk := source.read(_CHUNK):
-            yield chunk
+        return message_chunks(envelope, envelope.received_header())
 
     def abort(self) -> None:
         self._close()
@@ -513,12 +534,13 @@ class LMTPForward(SMTPForward):
     after the data."""
 
     path: str | None = None
+    doing: ClassVar[str] = "delivering over LMTP"
 
     @property
     def where(self) -> str:
         return self.path or _netloc(self.host, self.port)
 
-    def begin(self, start: StepStart) -> LMTPTransaction:
+    def _client(self, start: StepStart) -> Client:
         # LHLO names us by our own host name (a unix socket has no address literal)
         options: dict[str, Any] = {
             "tls": "none",
@@ -527,42 +549,11 @@ class LMTPForward(SMTPForward):
             "lmtp": True,
         }
         if self.path is not None:
-            client: Client = _UnixClient(self.path, **options)
-        else:
-            client = Client(self.host, self.port, **options)
-        try:
-            client.open()
-        except SMTPError as exc:
-            client.close()
-            log.warning("delivering over LMTP to %s: %s", self.where, exc)
-            raise Reject(_unavailable(_reason(exc))) from None
-        transaction = LMTPTransaction(self, client, start)
-        try:
-            transaction.start()
-        except BaseException:
-            transaction.abort()
-            raise
-        return transaction
+            return _UnixClient(self.path, **options)
+        return Client(self.host, self.port, **options)
 
-    def __call__(self, envelope: Envelope) -> None:
-        """As a plain handler: the whole transaction at once; a refusal of any recipient
-        refuses the message (its first temporary one, else its first permanent one)."""
-        start = StepStart(
-            envelope.mail_from, envelope.mail_params, envelope.session, envelope.transaction_id
-        )
-        transaction = self.begin(start)
-        try:
-            for address, params in zip(envelope.rcpt_tos, envelope.rcpt_params, strict=True):
-                answer = transaction.recipient(address, params)
-                if answer.code >= 400:
-                    raise Reject(answer)
-            replies = transaction.deliver(envelope)
-        except BaseException:
-            transaction.abort()
-            raise
-        failures = [r for r in replies if r.code >= 400]
-        if failures:
-            raise Reject(next((r for r in failures if r.code < 500), failures[0]))
+    def begin(self, start: StepStart) -> LMTPTransaction:
+        return _begin(self, self._client(start), start, LMTPTransaction)
 
 
 class LMTPTransaction(SMTPTransaction):
@@ -603,7 +594,7 @@ class LMTPTransaction(SMTPTransaction):
             shared = _passed_on(replies[0]) if replies else _unavailable("no reply to the data")
             return [shared if answer is None else answer for answer in answers]
         given = iter(replies)  # one per recipient accepted upstream: the Nones, in order
-        return [_delivered(next(given)) if answer is None else answer for answer in answers]
+        return [_answer_to_data(next(given)) if answer is None else answer for answer in answers]
 
     def _start_over(self, envelope: Envelope, answers: list[Reply | None]) -> None:
         """We accepted fewer recipients than the LMTP server did (a fan-out target after this
@@ -625,12 +616,3 @@ class LMTPTransaction(SMTPTransaction):
             answer = self.recipient(address, params)
             if answer.code >= 400:
                 answers[index] = answer
-
-
-def _delivered(reply: Reply) -> Reply:
-    """An LMTP server's answer for one recipient after the data, as ours."""
-    if reply.code == 250:  # with its text: Dovecot's "<bob@example.com> ID Saved"
-        return reply if reply.enhanced else attrs.evolve(reply, enhanced="2.0.0")
-    if 200 <= reply.code < 300:
-        return Reply(250, f"Upstream said: {reply.text}", "2.0.0")
-    return _passed_on(reply)

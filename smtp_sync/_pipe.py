@@ -23,9 +23,17 @@ import threading
 from collections.abc import Iterator
 from typing import IO
 
-from smtp_core import Envelope, Reject, Reply
+from smtp_core import Envelope
 
-from ._message import message_chunks, message_id, message_size, reply_text
+from ._delivery import (
+    message_chunks,
+    message_id,
+    message_size,
+    permanent,
+    reply_text,
+    seconds,
+    temporary,
+)
 
 __all__ = ["EX_TEMPFAIL", "Pipe", "pipe_target", "program_environment"]
 
@@ -113,7 +121,7 @@ class Pipe:
             )
         except OSError as exc:
             log.warning("pipe %r: cannot start %s: %s", self, name, exc)
-            raise Reject(Reply(451, "Delivery program failed to start", "4.3.0")) from exc
+            raise temporary("Delivery program failed to start", "4.3.0") from exc
         assert process.stdin is not None and process.stderr is not None
         stderr = _Drain(process.stderr)
         stderr.start()
@@ -156,7 +164,7 @@ def _outcome(pipe: Pipe, envelope: Envelope, status: int, expired: bool, stderr:
     tid = envelope.transaction_id
     if expired:
         log.warning("pipe %r: message %s: killed after %g s", pipe, tid, pipe.timeout)
-        raise Reject(Reply(451, f"Delivery program timed out after {pipe.timeout:g} s", "4.3.0"))
+        raise temporary(f"Delivery program timed out after {pipe.timeout:g} s", "4.3.0")
     if status == 0:
         log.info("pipe %r: message %s delivered", pipe, tid)
         return
@@ -164,8 +172,8 @@ def _outcome(pipe: Pipe, envelope: Envelope, status: int, expired: bool, stderr:
     log.warning("pipe %r: message %s: exited with %s: %s", pipe, tid, what, said)
     text = f"Delivery program exited with {what}" + (f": {said}" if said else "")
     if status == EX_TEMPFAIL or status < 0:
-        raise Reject(Reply(451, f"{text}, try again later", "4.3.0"))
-    raise Reject(Reply(550, text, "5.3.0"))
+        raise temporary(f"{text}, try again later", "4.3.0")
+    raise permanent(text, "5.3.0")
 
 
 def pipe_target(text: str) -> Pipe:
@@ -185,12 +193,10 @@ def pipe_target(text: str) -> Pipe:
                 f"{text}: unknown option {name!r} (the only one is timeout=SECONDS); "
                 f"to set a variable for the program write pipe:env {name}=... COMMAND"
             )
-        try:
-            timeout = float(value)
-        except ValueError:
-            timeout = -1.0
-        if not 0 < timeout < float("inf"):
+        given = seconds(value)
+        if given is None:
             raise ValueError(f"{text}: timeout must be a number of seconds above 0")
+        timeout = given
     if not words:
         raise ValueError(f"{text}: no command; write e.g. pipe:/usr/bin/deliver --to list")
     program = words[0]

@@ -23,12 +23,14 @@ from smtp_core import (
     StepTransaction,
 )
 
+from ._delivery import combined_refusal, permanent, temporary
+
 __all__ = ["FanOut", "RejectTarget", "StepFanOut", "fan_out", "reject_target"]
 
 log = logging.getLogger("smtpmux.delivery")
 
-R_REJECTED = Reply(550, "No such user here", "5.1.1")
-R_TARGET_FAILED = Reply(451, "Local error in processing, try again later", "4.3.0")
+R_REJECTED = permanent("No such user here", "5.1.1").reply
+R_TARGET_FAILED = temporary("Local error in processing, try again later", "4.3.0").reply
 _ACCEPTED = Reply(250, "OK: message accepted", "2.0.0")
 
 _REJECT = re.compile(
@@ -126,9 +128,9 @@ class FanOut:
 
     def __call__(self, envelope: Envelope) -> None:
         replies = _deliver_all(envelope, [(m, None) for m in self.members])
-        failures = [r for r in replies if r.code >= 400]
-        if failures:  # a plain handler has one answer for all its recipients
-            raise Reject(next((r for r in failures if r.code < 500), failures[0]))
+        refusal = combined_refusal(replies)
+        if refusal is not None:  # a plain handler has one answer for all its recipients
+            raise Reject(refusal)
 
 
 class StepFanOut(FanOut):
@@ -218,11 +220,10 @@ def _deliver_all(envelope: Envelope, members: list[tuple[Handler, Any]]) -> list
             log.exception("target %r failed", member)
             outcome = R_TARGET_FAILED
         replies = _per_recipient(outcome, count, member)
-        failures = [r for r in replies if r.code >= 400]
-        if failures:
+        refusal = combined_refusal(replies)
+        if refusal is not None:
             _abort_all(members[index + 1 :])
-            worst = next((r for r in failures if r.code < 500), failures[0])
-            return [r if r.code >= 400 else worst for r in replies]
+            return [r if r.code >= 400 else refusal for r in replies]
     return [_ACCEPTED] * count
 
 

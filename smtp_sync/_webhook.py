@@ -25,9 +25,17 @@ from collections.abc import Iterator, Mapping
 
 import httpx
 
-from smtp_core import Envelope, Reject, Reply
+from smtp_core import Envelope
 
-from ._message import message_chunks, message_id, message_size, reply_text
+from ._delivery import (
+    message_chunks,
+    message_id,
+    message_size,
+    permanent,
+    reply_text,
+    seconds,
+    temporary,
+)
 
 __all__ = ["SIGNED_HEADERS", "Webhook", "envelope_headers", "signature_base", "webhook_target"]
 
@@ -221,7 +229,7 @@ class Webhook:
                 exc,
             )
             what = "timed out" if isinstance(exc, httpx.TimeoutException) else "unreachable"
-            raise Reject(Reply(451, f"Webhook {what}, try again later", "4.4.1")) from exc
+            raise temporary(f"Webhook {what}, try again later") from exc
         try:
             status = response.status_code
             said = "" if status < 400 else _first_line(response)
@@ -250,8 +258,8 @@ def _outcome(hook: Webhook, envelope: Envelope, status: int, phrase: str, said: 
     detail = f"HTTP {status} {reply_text(phrase, 60)}".rstrip() + (f": {said}" if said else "")
     log.warning("webhook %r: message %s: %s", hook, envelope.transaction_id, detail)
     if status in (408, 429) or status >= 500 or status < 400:
-        raise Reject(Reply(451, f"Webhook answered {detail}, try again later", "4.4.1"))
-    raise Reject(Reply(550, f"Webhook refused the message: {detail}", "5.6.0"))
+        raise temporary(f"Webhook answered {detail}, try again later")
+    raise permanent(f"Webhook refused the message: {detail}", "5.6.0")
 
 
 def webhook_target(text: str) -> Webhook:
@@ -279,12 +287,10 @@ def webhook_target(text: str) -> Webhook:
     options = _parse_options(fragment, shown)
     timeout = DEFAULT_TIMEOUT
     if "timeout" in options:
-        try:
-            timeout = float(options["timeout"])
-        except ValueError:
-            timeout = -1.0
-        if not 0 < timeout < float("inf"):
+        given = seconds(options["timeout"])
+        if given is None:
             raise ValueError(f"{shown}: timeout must be a number of seconds above 0")
+        timeout = given
     cafile = options.get("cafile")
     if cafile is not None and not os.path.isfile(cafile):
         raise ValueError(f"{shown}: cafile {cafile} is not a readable file")

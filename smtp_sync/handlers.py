@@ -24,16 +24,17 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from smtp_core import Envelope, Reject, Reply
+from smtp_core import Envelope, Reject
+
+from ._delivery import message_chunks, temporary
 
 __all__ = ["Discard", "EmlDirectory", "Maildir", "Printer", "trace_headers"]
 
 log = logging.getLogger("smtpmux.delivery")
 
-_CHUNK = 256 * 1024  #: octets copied from the spool per read: memory stays bounded
 # RFC 3463: X.3.1 "mail system full", X.3.0 "other or undefined mail system status".
-_R_STORAGE_FULL = Reply(452, "Insufficient system storage, try again later", "4.3.1")
-_R_STORAGE_FAILED = Reply(451, "Local error in storing the message, try again later", "4.3.0")
+_R_STORAGE_FULL = temporary("Insufficient system storage, try again later", "4.3.1", 452).reply
+_R_STORAGE_FAILED = temporary("Local error in storing the message, try again later", "4.3.0").reply
 _FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 
@@ -67,9 +68,7 @@ def _fsync_directory(path: Path) -> None:
 
 
 def _write(file: BinaryIO, head: bytes, envelope: Envelope) -> None:
-    file.write(head)
-    source = envelope.open()
-    while chunk := source.read(_CHUNK):
+    for chunk in message_chunks(envelope, head):
         file.write(chunk)
     file.flush()
     os.fsync(file.fileno())

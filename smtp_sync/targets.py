@@ -11,12 +11,13 @@ imported only when a target of that scheme is built, so the table is importable 
 without them. Every factory raises ``ValueError`` with one line that says what is wrong and what
 to write instead, and every handler built here has a ``__repr__`` that is its canonical target
 string (with no secret in it), so ``smtpmux check-config`` can print the resolved table.
+
+A handler of the user's own refuses with ``temporary`` or ``permanent`` and finds the message's
+``message_id`` here: the same functions every target uses (they live in ``_delivery``).
 """
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import importlib
 import importlib.util
 import inspect
@@ -27,8 +28,9 @@ from typing import Any
 
 import attrs
 
-from smtp_core import Envelope, Handler, Reject, Reply
+from smtp_core import Envelope, Handler
 
+from ._delivery import message_id, permanent, temporary
 from .handlers import Discard, EmlDirectory, Maildir
 
 __all__ = ["SCHEMES", "Scheme", "message_id", "permanent", "target", "targets", "temporary"]
@@ -193,49 +195,6 @@ def _python_target(text: str) -> Handler:
     return (_AsyncPython if asynchronous else _Python)(name, handler)
 
 
-# --- the outcome of a delivery, the same for every target ------------------------------------
-
-
-def temporary(reason: str, enhanced: str = "4.4.1") -> Reject:
-    """``raise temporary("…")``: 451, the sender keeps the message and retries later (4.4.1: a
-    peer could not be reached or answered 4xx; 4.3.0 for a local failure). Nothing is queued
-    here, so nothing is lost."""
-    return Reject(Reply(451, reason, enhanced))
-
-
-def permanent(reason: str, enhanced: str = "5.0.0", code: int = 550) -> Reject:
-    """``raise permanent("…")``: a 5xx with the reason; the sender bounces the message."""
-    return Reject(Reply(code, reason, enhanced))
-
-
-_HEAD_LIMIT = 64 * 1024  #: octets of header read to find the Message-ID: memory stays bounded
-
-
-def message_id(envelope: Envelope) -> str | None:
-    """The message's Message-ID (``<…>``), read from its header only, or None: with the
-    transaction id, what a receiver needs to recognise a message it was given twice."""
-    source = envelope.open()
-    head = b""
-    while len(head) < _HEAD_LIMIT and b"\n\r\n" not in head and b"\n\n" not in head:
-        chunk = source.read(8192)
-        if not chunk:
-            break
-        head += chunk
-    if head.startswith((b"\r\n", b"\n")):
-        return None  # no header at all
-    for end in (b"\r\n\r\n", b"\n\n"):
-        cut = head.find(end)
-        if cut >= 0:
-            head = head[: cut + len(end)]
-            break
-    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
-    value = headers.get("Message-ID")
-    if value is None:
-        return None
-    found = " ".join(str(value).split())
-    return found or None
-
-
 #: Every scheme, in the order the docs list them. Longer prefixes are tried first.
 SCHEMES: tuple[Scheme, ...] = (
     Scheme("maildir:", "maildir:DIR", _maildir_target),
@@ -252,12 +211,10 @@ SCHEMES: tuple[Scheme, ...] = (
     Scheme("python:", "python:MODULE:CALLABLE", _python_target),
 )
 
-_BY_LENGTH = sorted(SCHEMES, key=lambda scheme: -len(scheme.prefix))
-
 
 def _scheme(text: str) -> Scheme:
     folded = text.lower()
-    for scheme in _BY_LENGTH:
+    for scheme in sorted(SCHEMES, key=lambda scheme: -len(scheme.prefix)):
         prefix = scheme.prefix
         if prefix.endswith((":", "/")):
             if folded.startswith(prefix):
