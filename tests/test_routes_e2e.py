@@ -29,8 +29,9 @@ from .dovecot import Dovecot, running_dovecot
 from .test_cli import BACKENDS, Start, certificate, maildir, stopped_cleanly
 from .test_cli_routes import company_example, count, smtpmux, wait_until
 from .test_forward import Upstream
+from .test_interop import swaks_support
 from .test_webhook import Recorder
-from .tools import require
+from .tools import missing, require
 
 __all__ = ["certificate", "smtpmux"]  # fixtures of test_cli and test_cli_routes, used here
 
@@ -118,6 +119,13 @@ def https_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, 
     return context, path
 
 
+@pytest.fixture
+def helpdesk(https_ca: tuple[ssl.SSLContext, Path]) -> Iterator[Recorder]:
+    """The helpdesk of the company example: an HTTPS server with a certificate of the test's CA."""
+    with Recorder(https_ca[0]) as recorder:
+        yield recorder
+
+
 def substituted(text: str, substitutions: list[tuple[str, str]]) -> str:
     for old, new in substitutions:
         assert old in text, f"docs/routes.md's example no longer says {old!r}"
@@ -141,57 +149,59 @@ def test_the_company_example_of_the_docs_serves(
     dovecot: Dovecot,
     certificate: dict[str, Path],
     https_ca: tuple[ssl.SSLContext, Path],
+    helpdesk: Recorder,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """docs/routes.md's mx.toml, with only its addresses, ports and paths replaced by the
     test's: each route delivers to its real peer or refuses as the doc says."""
-    context, ca_file = https_ca
+    ca_file = https_ca[1]
     script = pipe_script(tmp_path)
-    with Recorder(context) as helpdesk:
-        helpdesk_port = helpdesk.server.server_address[1]
-        config = substituted(
-            company_example(),
-            [
-                ('listen = ["0.0.0.0:25", "[::]:25"]', 'listen = ["127.0.0.1:0"]'),
-                ('metrics = "127.0.0.1:9100"', f'metrics = "127.0.0.1:{free_port()}"'),
-                ("/etc/smtpmux/tls/fullchain.pem", str(certificate["cert"])),
-                ("/etc/smtpmux/tls/privkey.pem", str(certificate["key"])),
-                ("https://helpdesk.example.com/", f"https://127.0.0.1:{helpdesk_port}/"),
-                ("/usr/local/bin/expand-list", str(script)),
-                ("lmtp://127.0.0.1:24", f"lmtp://127.0.0.1:{dovecot.port}"),
-            ],
-        )
-        (tmp_path / "mx.toml").write_text(config)
-        # the helpdesk's certificate comes from the test's CA: trusted the way an operator
-        # with a private CA would, without touching the route
-        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
-        server = smtpmux("serve", "--config", "mx.toml", "--backend", backend)
-        [port] = server.listening()
-        subject = f"company-{backend}"
+    helpdesk_port = helpdesk.server.server_address[1]
+    config = substituted(
+        company_example(),
+        [
+            ('listen = ["0.0.0.0:25", "[::]:25"]', 'listen = ["127.0.0.1:0"]'),
+            ('metrics = "127.0.0.1:9100"', f'metrics = "127.0.0.1:{free_port()}"'),
+            ("/etc/smtpmux/tls/fullchain.pem", str(certificate["cert"])),
+            ("/etc/smtpmux/tls/privkey.pem", str(certificate["key"])),
+            ("https://helpdesk.example.com/", f"https://127.0.0.1:{helpdesk_port}/"),
+            ("/usr/local/bin/expand-list", str(script)),
+            ("lmtp://127.0.0.1:24", f"lmtp://127.0.0.1:{dovecot.port}"),
+        ],
+    )
+    (tmp_path / "mx.toml").write_text(config)
+    # the helpdesk's certificate comes from the test's CA: trusted the way an operator
+    # with a private CA would, without touching the route
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    server = smtpmux("serve", "--config", "mx.toml", "--backend", backend)
+    [port] = server.listening()
+    subject = f"company-{backend}"
 
-        # support@: a ticket in the helpdesk, over STARTTLS from swaks
-        content = message(f"{subject}-support", "support@example.com")
-        (tmp_path / "ticket.txt").write_bytes(content[:-2].replace(b"\r\n", b"\n"))
-        swaks = [require("swaks"), "--server", "127.0.0.1", "--port", str(port)]
-        swaks += ["--helo", "client.customer.example", "--from", SENDER]
-        swaks += ["--to", "Support@example.com", "--data", f"@{tmp_path / 'ticket.txt'}"]
-        swaks += ["--tls", "--timeout", "30"]
-        done = subprocess.run(swaks, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stdout + done.stderr
-        [request] = helpdesk.requests
-        assert request.path == "/hooks/inbound-mail"
-        assert request.body is not None and request.body.endswith(content)
-        assert request.body.startswith(b"Received: ")
-        headers = request.headers
-        assert headers["Content-Type"].startswith("message/rfc822")
-        assert headers["X-Smtpmux-Mail-From"] == SENDER
-        assert headers["X-Smtpmux-Rcpt-To"] == "Support@example.com"
-        assert headers["X-Smtpmux-Helo"] == "client.customer.example"
-        assert headers["X-Smtpmux-Message-Id"] == f"<{subject}-support@customer.example>"
-        assert headers["X-Smtpmux-Tls"].startswith("TLS")
-        assert headers["X-Smtpmux-Protocol"] == "ESMTPS"
-        assert headers["X-Smtpmux-Transaction-Id"]
-        assert headers["X-Smtpmux-Peer"].startswith("127.0.0.1:")
+    # support@: a ticket in the helpdesk, over STARTTLS from swaks
+    content = message(f"{subject}-support", "support@example.com")
+    (tmp_path / "ticket.txt").write_bytes(content[:-2].replace(b"\r\n", b"\n"))
+    swaks = [require("swaks"), "--server", "127.0.0.1", "--port", str(port)]
+    swaks += ["--helo", "client.customer.example", "--from", SENDER]
+    swaks += ["--to", "Support@example.com", "--data", f"@{tmp_path / 'ticket.txt'}"]
+    if "=== TLS supported" not in swaks_support():
+        missing("this swaks has no TLS (apt-get install libnet-ssleay-perl)")
+    swaks += ["--tls", "--tls-verify", "--tls-ca-path", str(certificate["ca"]), "--timeout", "30"]
+    done = subprocess.run(swaks, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [request] = helpdesk.requests
+    assert request.path == "/hooks/inbound-mail"
+    assert request.body is not None and request.body.endswith(content)
+    assert request.body.startswith(b"Received: ")
+    headers = request.headers
+    assert headers["Content-Type"].startswith("message/rfc822")
+    assert headers["X-Smtpmux-Mail-From"] == SENDER
+    assert headers["X-Smtpmux-Rcpt-To"] == "Support@example.com"
+    assert headers["X-Smtpmux-Helo"] == "client.customer.example"
+    assert headers["X-Smtpmux-Message-Id"] == f"<{subject}-support@customer.example>"
+    assert headers["X-Smtpmux-Tls"].startswith("TLS")
+    assert headers["X-Smtpmux-Protocol"] == "ESMTPS"
+    assert headers["X-Smtpmux-Transaction-Id"]
+    assert headers["X-Smtpmux-Peer"].startswith("127.0.0.1:")
 
     # staff: Dovecot over LMTP; bob+orders@ and Bob@ are bob (recipient_delimiter, fold_case)
     staff = message(f"{subject}-staff")
@@ -229,6 +239,30 @@ def test_the_company_example_of_the_docs_serves(
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert len(piped(tmp_path)) == 1
     assert not any(delivered(dovecot, user, f"{subject}-news") for user in ("alice", "bob"))
+
+    # one message To: support@ and all@, Cc: bob@, nobody@ (refused), newsletter@: each
+    # accepted recipient's route gets it once, with only its own recipients
+    mixed = message(f"{subject}-mixed", "support@example.com, all@example.com")
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        rcpts = [
+            "support@example.com",
+            "bob@example.com",
+            "nobody@example.com",
+            "all@example.com",
+            "newsletter@example.com",
+        ]
+        refused = client.sendmail(SENDER, rcpts, mixed)
+        assert list(refused) == ["nobody@example.com"]
+        assert refused["nobody@example.com"][0] == 550
+    [_, ticket] = helpdesk.requests
+    assert ticket.headers["X-Smtpmux-Rcpt-To"] == "support@example.com"
+    assert ticket.body is not None and ticket.body.endswith(mixed)
+    [stored] = delivered(dovecot, "bob", f"{subject}-mixed")
+    assert stored.endswith(mixed.replace(b"\r\n", b"\n"))
+    assert not delivered(dovecot, "alice", f"{subject}-mixed")
+    [expanded] = [r for r in piped(tmp_path) if f"{subject}-mixed" in str(r["stdin"])]
+    assert isinstance(expanded["env"], dict)
+    assert expanded["env"]["RECIPIENTS"] == "all@example.com"
 
     # any other domain: refused at RCPT with the route's reply
     assert rcpt_reply(port, "bob@elsewhere.example") == (
@@ -348,6 +382,24 @@ def test_fan_out_with_a_webhook_answering_503_is_451_and_never_reported_delivere
             assert count(tmp_path / box) == stored_before_retry + 1
             assert all(m.endswith(content) for m in maildir(tmp_path / box))
         assert [r.status for r in hook.requests] == [503, 200, 503, 200]
+    stopped_cleanly(server)
+
+
+def test_lmtp_unix_route_answers_each_message_by_the_stores_rule(
+    smtpmux: Start, dovecot: Dovecot
+) -> None:
+    """Dovecot over its unix socket; after the data, its answers for several recipients become
+    one SMTP reply by the table of docs/routes.md: a 4xx wins, then a 5xx, then 250."""
+    route = f"*@store.example=lmtp+unix://{dovecot.socket_path}"
+    server = smtpmux("serve", "--listen", "127.0.0.1:0", "--route", route)
+    [port] = server.listening()
+    assert data_reply(port, ["alice@store.example"], message("unix-one"))[0] == 250
+    assert len(delivered(dovecot, "alice", "unix-one")) == 1
+    code, text = data_reply(port, ["alice@store.example", "carol@store.example"], message("quota"))
+    assert (code, text[:6]) == (552, b"5.2.2 "), text  # carol is over quota: a bounce
+    assert len(delivered(dovecot, "alice", "quota")) == 1  # alice kept her copy
+    code, text = data_reply(port, ["carol@store.example", "dave@store.example"], message("temp"))
+    assert (code, text[:6]) == (451, b"4.4.1 "), text  # dave's store failed: retry all
     stopped_cleanly(server)
 
 
