@@ -350,7 +350,10 @@ def test_https_route_with_a_private_ca_and_a_signature(
     lines.append(hashlib.sha256(request.body).hexdigest())
     expected = hmac.new(SECRET.encode(), "\n".join(lines).encode(), hashlib.sha256).hexdigest()
     assert signature == f"sha256={expected}"
-    stopped_cleanly(server)
+    stderr = stopped_cleanly(server)
+    # one line per delivery, smtpmux's own: not httpx's INFO "HTTP Request: POST ..." as well
+    assert stderr.count("delivered (200)") == 1
+    assert "httpx" not in stderr and "HTTP Request" not in stderr
 
 
 def test_fan_out_with_a_webhook_answering_503_is_451_and_never_reported_delivered(
@@ -364,6 +367,7 @@ def test_fan_out_with_a_webhook_answering_503_is_451_and_never_reported_delivere
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--debug",  # the protocol trace, not httpcore's debugging of its connections
             *("--route", "*@archive-first.example=maildir:archive"),
             *("--route", f"*@archive-first.example={hook.url}"),
             *("--route", f"*@hook-first.example={hook.url}"),
@@ -382,7 +386,9 @@ def test_fan_out_with_a_webhook_answering_503_is_451_and_never_reported_delivere
             assert count(tmp_path / box) == stored_before_retry + 1
             assert all(m.endswith(content) for m in maildir(tmp_path / box))
         assert [r.status for r in hook.requests] == [503, 200, 503, 200]
-    stopped_cleanly(server)
+    stderr = stopped_cleanly(server)
+    assert "smtpmux.trace" in stderr
+    assert "httpcore" not in stderr and "httpx" not in stderr
 
 
 def test_lmtp_unix_route_answers_each_message_by_the_stores_rule(
@@ -427,3 +433,4 @@ def test_sighup_moves_a_route_from_discard_to_a_maildir(smtpmux: Start, tmp_path
     assert data_reply(port, ["d@example.com"], message("later"))[0] == 250
     assert count(tmp_path / "kept") == 2
     stopped_cleanly(server)
+
