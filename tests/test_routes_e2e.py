@@ -433,4 +433,3 @@ def test_sighup_moves_a_route_from_discard_to_a_maildir(smtpmux: Start, tmp_path
     assert data_reply(port, ["d@example.com"], message("later"))[0] == 250
     assert count(tmp_path / "kept") == 2
     stopped_cleanly(server)
-
