@@ -899,6 +899,10 @@ def _configure_logging(args: argparse.Namespace) -> None:
     status.setLevel(logging.INFO)  # "listening on" is said even with --quiet
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, handlers=[handler])
+    # The webhook's HTTP client logs each request at INFO (smtpmux.delivery already has one
+    # line per delivery) and its connections at DEBUG (noise in --debug's protocol trace).
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _serve(args: argparse.Namespace) -> int:

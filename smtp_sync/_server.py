@@ -50,6 +50,7 @@ __all__ = ["Server"]
 log = logging.getLogger("smtpmux.server")
 _MAX_IDLE_WORKERS = 16  #: threads kept waiting for the next connection
 _IDLE_SECONDS = 30.0  #: how long an idle worker waits before it ends
+_FORCED_END_SECONDS = 5.0  #: how long stop() waits for the sessions its deadline cut off
 _READ_SIZE = 64 * 1024  # larger reads allocate (and free) their buffer with mmap each time
 #: a TLS socket cannot be woken by shutting its read side (the TLS layer then fails, and the
 #: 421 could not be sent), so its waits are cut in slices, checked for a stop or an eviction
@@ -240,6 +241,11 @@ class Server:
         with self._lock:
             for sock in self._sessions.values():
                 _wake(sock)
+        # The forced sessions still answer 421 and end their step transactions (QUIT to an
+        # upstream): wait for that briefly, or a process that exits after stop() cuts it off.
+        end = time.monotonic() + _FORCED_END_SECONDS
+        for worker in workers:
+            worker.join(max(0.0, end - time.monotonic()))
 
     def _guarded(self, sock: socket.socket, address: Any, ticket: Ticket[Any]) -> None:
         assert self.admission is not None

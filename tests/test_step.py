@@ -342,6 +342,19 @@ def test_live_server_stop_aborts_open_transaction(kind: str) -> None:
     client.close()
 
 
+def test_live_server_stop_returns_once_the_transaction_it_cut_off_is_aborted(kind: str) -> None:
+    """A client stuck in DATA past the stop's deadline: the abort (QUIT to an upstream or
+    Dovecot) is done by the time the stop returns, since the process may exit right after
+    (the sync server returned first, and ``smtpmux serve`` exited without the QUIT)."""
+    step = Recorder()
+    with running(kind, router_for(step), shutdown_timeout=0.3) as server:
+        client = smtplib.SMTP("127.0.0.1", server.port, timeout=10)
+        _open(client)
+        assert client.docmd("DATA")[0] == 354
+    assert step.ends() == ["abort"]  # no waiting: already done
+    client.close()
+
+
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
