@@ -11,7 +11,6 @@ import contextlib
 import errno
 import getpass
 import importlib.metadata
-import inspect
 import io
 import itertools
 import logging
@@ -56,6 +55,7 @@ from smtp_core import (
 )
 from smtp_sync import Server as SyncServer
 from smtp_sync._auth_file import AuthFilePolicy, hash_password, load_auth_file
+from smtp_sync._spool import is_async_callable
 from smtp_sync.handlers import Discard, Printer
 from smtp_sync.targets import targets as build_targets
 
@@ -487,7 +487,7 @@ def _router(args: argparse.Namespace) -> Router[Any]:
             handler = build_targets(list(route.targets))
         except ValueError as exc:
             raise UsageError(f"{where}: {exc}") from None
-        if args.backend == "sync" and _is_async(handler):
+        if args.backend == "sync" and is_async_callable(handler):
             raise UsageError(
                 f"{where}: {handler!r} is async, and --backend sync calls handlers in its "
                 "threads: use --backend asyncio or trio, or make it a plain function"
@@ -617,12 +617,6 @@ class _ThreadedAuthFilePolicy(AuthFilePolicy):
         return await anyio.to_thread.run_sync(self.check, credentials, limiter=self._limiter)
 
 
-def _is_async(handler: object) -> bool:
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-        getattr(handler, "__call__", None)  # noqa: B004 - handler objects
-    )
-
-
 def _debugging(handler: Any, log_format: str) -> Any:
     """--debug prints each message; with --log-format json as one record, like every line."""
     printer = Printer(sys.stderr)
@@ -646,7 +640,7 @@ def _debugging(handler: Any, log_format: str) -> Any:
         show(envelope)
         return await handler(envelope)
 
-    chosen: Any = deliver_async if _is_async(handler) else deliver
+    chosen: Any = deliver_async if is_async_callable(handler) else deliver
     chosen.target = handler  # what check-config shows
     return chosen
 

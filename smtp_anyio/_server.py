@@ -41,7 +41,13 @@ from smtp_core import (
     describe_tls_failure,
     format_host_port,
 )
-from smtp_sync._spool import SpoolFile, call_arguments, new_session_id, utc_now
+from smtp_sync._spool import (
+    SpoolFile,
+    call_arguments,
+    is_async_callable,
+    new_session_id,
+    utc_now,
+)
 
 from ._connection import (
     Connection,
@@ -76,9 +82,7 @@ def _is_coroutine_function(function: object) -> bool:
     cached = _coroutine_functions.get(id(key))
     if cached is not None and cached[0] is key:
         return cached[1]
-    result = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
-        getattr(function, "__call__", None)  # noqa: B004 - handler objects
-    )
+    result = is_async_callable(function)
     if len(_coroutine_functions) >= 256:
         _coroutine_functions.clear()
     _coroutine_functions[id(key)] = (key, result)  # holding ``key`` keeps its id unique

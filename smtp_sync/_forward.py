@@ -51,6 +51,7 @@ from smtp_core import (
     SMTPRefused,
     StepStart,
     TLSMode,
+    format_host_port,
 )
 
 from ._client import Client
@@ -118,7 +119,7 @@ def _smtp_target(text: str, url: urllib.parse.SplitResult) -> SMTPForward:
         raise ValueError(f"{text!r}: user= with tls=none would send the password in clear text")
     timeout = _timeout(text, options)
     canonical = urllib.parse.urlunsplit(
-        (url.scheme.lower(), _netloc(host, port), "", urllib.parse.urlencode(options), "")
+        (url.scheme.lower(), format_host_port(host, port), "", urllib.parse.urlencode(options), "")
     )
     return SMTPForward(
         canonical,
@@ -138,7 +139,7 @@ def _lmtp_target(text: str, url: urllib.parse.SplitResult) -> LMTPForward:
     if url.scheme.lower() == "lmtp":
         host, port = _host_port(text, url, 24)  # "lmtp 24/tcp" in /etc/services
         canonical = urllib.parse.urlunsplit(
-            ("lmtp", _netloc(host, port), "", urllib.parse.urlencode(options), "")
+            ("lmtp", format_host_port(host, port), "", urllib.parse.urlencode(options), "")
         )
         return LMTPForward(
             canonical, host, port, tls="none", timeout=timeout, helo=options.get("helo")
@@ -242,10 +243,6 @@ def _credentials(text: str, options: dict[str, str]) -> tuple[str, str] | None:
     return user, lines[0]
 
 
-def _netloc(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 # --- replies ---------------------------------------------------------------------------------
 
 
@@ -316,7 +313,7 @@ class SMTPForward:
 
     @property
     def where(self) -> str:
-        return _netloc(self.host, self.port)
+        return format_host_port(self.host, self.port)
 
     def _client(self, start: StepStart) -> Client:
         """A client for one transaction, not connected yet."""
@@ -538,7 +535,7 @@ class LMTPForward(SMTPForward):
 
     @property
     def where(self) -> str:
-        return self.path or _netloc(self.host, self.port)
+        return self.path or format_host_port(self.host, self.port)
 
     def _client(self, start: StepStart) -> Client:
         # LHLO names us by our own host name (a unix socket has no address literal)

@@ -6,7 +6,6 @@ Like smtp_anyio, it only carries out the Session's Actions; no SMTP logic lives 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import queue
 import socket
@@ -43,7 +42,7 @@ from smtp_core import (
     format_host_port,
 )
 
-from ._spool import SpoolFile, call_arguments, new_session_id, utc_now
+from ._spool import SpoolFile, call_arguments, is_async_callable, new_session_id, utc_now
 
 __all__ = ["Server"]
 
@@ -390,23 +389,17 @@ class Server:
             sock.settimeout(timeout)
 
 
-def _is_async(function: object) -> bool:
-    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
-        getattr(function, "__call__", None)  # noqa: B004 - handler objects
-    )
-
-
 def _refuse_async(router: Router[Handler], policy: Policy) -> None:
     """This server calls handlers and hooks in its threads and cannot await them: say so now,
     not with a 451 when the first message arrives."""
     for pattern, handler in router.items():
-        if _is_async(handler) or _is_async(getattr(handler, "begin", None)):
+        if is_async_callable(handler) or is_async_callable(getattr(handler, "begin", None)):
             raise TypeError(
                 f"the handler for {pattern!r} is async ({handler!r}): smtp_sync calls handlers "
                 "synchronously; serve it with smtp_anyio.Server, or make it a plain function"
             )
     for hook in ("on_connect", "authenticate", "addressable"):
-        if _is_async(getattr(policy, hook)):
+        if is_async_callable(getattr(policy, hook)):
             raise TypeError(
                 f"{type(policy).__name__}.{hook} is async: smtp_sync calls policy hooks "
                 "synchronously; serve it with smtp_anyio.Server, or make it a plain method"

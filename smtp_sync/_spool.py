@@ -1,8 +1,9 @@
 """What both adapters share: the spool file behind the Session's Spool actions, the call
-arguments of a Deliver, session ids and the wall clock."""
+arguments of a Deliver, session ids, the wall clock, and telling ``async def`` handlers apart."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 import tempfile
@@ -13,7 +14,7 @@ import attrs
 
 from smtp_core import Call, Deliver, Spool
 
-__all__ = ["SpoolFile", "call_arguments", "new_session_id", "utc_now"]
+__all__ = ["SpoolFile", "call_arguments", "is_async_callable", "new_session_id", "utc_now"]
 
 
 _ids = itertools.count(1)
@@ -57,3 +58,11 @@ def call_arguments(action: Call, spool: SpoolFile) -> tuple[object, ...]:
     if isinstance(action, Deliver) and action.spooled:
         return (attrs.evolve(action.envelope, content=spool.rewound()),)
     return action.args
+
+
+def is_async_callable(function: object) -> bool:
+    """``async def``, or an object whose ``__call__`` is: a handler or hook to await, which a
+    blocking caller cannot run."""
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        getattr(function, "__call__", None)  # noqa: B004 - handler objects
+    )

@@ -6,7 +6,6 @@ it arrives, so a refused recipient is refused at our RCPT, not after the data.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from smtp_core import (
 )
 
 from ._delivery import combined_refusal, permanent, temporary
+from ._spool import is_async_callable
 
 __all__ = ["FanOut", "RejectTarget", "StepFanOut", "fan_out", "reject_target"]
 
@@ -106,7 +106,7 @@ def fan_out(handlers: Sequence[Handler]) -> Handler:
     if len(members) == 1:
         return members[0]
     for member in members:
-        if _is_async(getattr(member, "begin", None) or member):
+        if is_async_callable(getattr(member, "begin", None) or member):
             raise ValueError(
                 f"{member!r} is async: targets of a route with several targets are called one "
                 "after the other in a worker thread; make it a plain function, or give it a "
@@ -177,12 +177,6 @@ class _FanOutTransaction:
         if not self.ended:
             self.ended = True
             _abort_all(self.members)
-
-
-def _is_async(function: object) -> bool:
-    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
-        getattr(function, "__call__", None)  # noqa: B004 - handler objects
-    )
 
 
 def _abort_all(members: list[tuple[Handler, Any]]) -> None:

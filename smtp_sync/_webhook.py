@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 
 import httpx
 
-from smtp_core import Envelope
+from smtp_core import Envelope, format_host_port
 
 from ._delivery import (
     message_chunks,
@@ -75,13 +75,6 @@ def signature_base(headers: Mapping[str, str], body_sha256: str) -> bytes:
     return "\n".join(["smtpmux-v1", *values, body_sha256]).encode("ascii")
 
 
-def _peer(peer: tuple[str, int] | None) -> str | None:
-    if peer is None:
-        return None
-    host, port = peer
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def envelope_headers(envelope: Envelope) -> dict[str, str]:
     """The envelope as X-Smtpmux-* headers; optional facts are left out when unknown."""
     tls = envelope.tls
@@ -90,7 +83,7 @@ def envelope_headers(envelope: Envelope) -> dict[str, str]:
         "X-Smtpmux-Message-Id": message_id(envelope),
         "X-Smtpmux-Mail-From": envelope.mail_from,
         "X-Smtpmux-Rcpt-To": ", ".join(_encode(r) for r in envelope.rcpt_tos),
-        "X-Smtpmux-Peer": _peer(envelope.peer),
+        "X-Smtpmux-Peer": format_host_port(*envelope.peer) if envelope.peer else None,
         "X-Smtpmux-Helo": envelope.helo,
         "X-Smtpmux-Tls": (
             None if tls is None else " ".join(p for p in (tls.version, tls.cipher) if p) or "yes"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ import attrs
 from smtp_core import Envelope, Handler
 
 from ._delivery import message_id, permanent, temporary
+from ._spool import is_async_callable
 from .handlers import Discard, EmlDirectory, Maildir
 
 __all__ = ["SCHEMES", "Scheme", "message_id", "permanent", "target", "targets", "temporary"]
@@ -189,10 +189,7 @@ def _python_target(text: str) -> Handler:
             "that takes an Envelope"
         )
     name = f"python:{module}:{attribute}"
-    asynchronous = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-        getattr(handler, "__call__", None)  # noqa: B004 - handler objects
-    )
-    return (_AsyncPython if asynchronous else _Python)(name, handler)
+    return (_AsyncPython if is_async_callable(handler) else _Python)(name, handler)
 
 
 #: Every scheme, in the order the docs list them. Longer prefixes are tried first.
