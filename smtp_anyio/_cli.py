@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from smtp_core import TLS_MODES, AddressError, ConnectionRate, normalize_domain, parse_path
-from smtp_sync._auth_file import hash_password
+from smtp_sync.auth_file import hash_password
 
 from . import _config_file
 from ._operations import JSONFormatter

@@ -29,8 +29,8 @@ from smtp_core import (
     ServerConfig,
     SessionInfo,
 )
-from smtp_sync._auth_file import AuthFilePolicy, load_auth_file
-from smtp_sync._spool import is_async_callable
+from smtp_sync.adapter import is_async_callable
+from smtp_sync.auth_file import AuthFilePolicy, load_auth_file
 from smtp_sync.handlers import Discard, Printer
 from smtp_sync.targets import targets as build_targets
 
