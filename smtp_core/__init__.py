@@ -7,6 +7,7 @@ adapter author needs (the Session's Actions, the client's steps, admission ticke
 ``smtp_core.adapter``.
 """
 
+import sys as _sys
 import warnings as _warnings
 from typing import Any as _Any
 
@@ -222,6 +223,8 @@ def __getattr__(name: str) -> _Any:
     """The names that moved to smtp_core.adapter still import from here, with a warning
     (docs/architecture.md, "Moved names"); they go in a later release."""
     if name in _MOVED:
+        if _sys._getframe(1).f_code.co_filename.startswith("<frozen importlib"):
+            return getattr(adapter, name)  # `from smtp_core import X` asks twice: warn once
         _warnings.warn(
             f"smtp_core.{name} moved to smtp_core.adapter.{name}",
             DeprecationWarning,

@@ -161,12 +161,16 @@ def test_the_adapter_module_holds_the_moved_names_and_the_player_helpers() -> No
 @pytest.mark.parametrize("name", sorted(MOVED_TO_ADAPTER))
 def test_a_moved_name_still_imports_with_a_warning(name: str) -> None:
     """``from smtp_core import Send`` works for one more release, and says where to look."""
+    import smtp_core
     import smtp_core.adapter
 
     namespace: dict[str, object] = {}
-    with pytest.warns(DeprecationWarning, match=rf"smtp_core\.adapter\.{name}\b"):
+    with pytest.warns(DeprecationWarning, match=rf"smtp_core\.adapter\.{name}\b") as caught:
         exec(f"from smtp_core import {name}", namespace)
     assert namespace[name] is getattr(smtp_core.adapter, name)
+    assert len(caught) == 1  # once per import, not once more for importlib's own look
+    with pytest.warns(DeprecationWarning, match=rf"smtp_core\.{name} moved"):
+        assert getattr(smtp_core, name) is getattr(smtp_core.adapter, name)
 
 
 def test_a_missing_name_is_still_an_attribute_error() -> None:
