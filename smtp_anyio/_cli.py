@@ -453,12 +453,24 @@ def _hash_password(password: str | None) -> int:
 #: ``_cli.<name>``); read lazily, so this module never imports the others at import time
 _MOVED = {
     **dict.fromkeys(
-        ("_router", "_routes", "_routing_table", "_servers", "_ssl_context", "_print_check"),
+        (
+            *("_AsyncDiscard", "_SHORTHANDS", "_ThreadedAuthFilePolicy", "_debugging"),
+            *("_inherited", "_pem_file", "_print_check", "_router", "_router_options"),
+            *("_routes", "_routing_table", "_same_pattern", "_servers", "_ssl_context"),
+        ),
         "_cli_config",
     ),
-    "_ThreadedAuthFilePolicy": "_cli_config",
-    **dict.fromkeys(("_serve", "_FileReloader", "_Process", "_run"), "_cli_run"),
-    **dict.fromkeys(("_send", "_send_options"), "_cli_send"),
+    **dict.fromkeys(
+        (
+            *("_FileReloader", "_LISTEN_HINTS", "_Process", "_RESTART_ONLY", "_announce"),
+            *("_cannot_listen", "_configure_logging", "_metrics_endpoint", "_ready"),
+            *("_reload", "_run", "_serve", "_serve_anyio", "_serve_sync", "_supervise", "log"),
+        ),
+        "_cli_run",
+    ),
+    **dict.fromkeys(
+        ("_SEND_FAILED", "_SEND_REFUSED", "_deliver", "_send", "_send_options"), "_cli_send"
+    ),
 }
 
 
