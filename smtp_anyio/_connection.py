@@ -27,8 +27,9 @@ import anyio.lowlevel
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-from smtp_core import Action, Send, Session, Spool, Ticket, TLSInfo
-from smtp_sync._spool import SpoolFile
+from smtp_core import Session, TLSInfo
+from smtp_core.adapter import Action, Send, Spool, Ticket
+from smtp_sync.adapter import SpoolFile
 
 __all__ = [
     "Connection",

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from smtp_sync._auth_file import AuthFilePolicy, load_auth_file
+from smtp_sync.auth_file import AuthFilePolicy, load_auth_file
 
 __all__ = ["JSONFormatter", "MetricsEndpoint", "Reloader", "TextFormatter", "server_context"]
 

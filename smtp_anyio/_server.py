@@ -23,25 +23,27 @@ from anyio.abc import SocketAttribute, SocketListener, TaskStatus
 
 from smtp_core import (
     Admission,
-    Call,
-    Close,
     ConnectionLimits,
     Handler,
-    HandlerCall,
     Metrics,
     Policy,
     Router,
-    Send,
     ServerConfig,
     Session,
+    format_host_port,
+)
+from smtp_core.adapter import (
+    Call,
+    Close,
+    HandlerCall,
+    Send,
     Spool,
     Ticket,
     TurnedAway,
     UpgradeToTLS,
     describe_tls_failure,
-    format_host_port,
 )
-from smtp_sync._spool import (
+from smtp_sync.adapter import (
     SpoolFile,
     call_arguments,
     is_async_callable,

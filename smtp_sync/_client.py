@@ -17,22 +17,16 @@ from typing import TypeVar
 
 from smtp_core import (
     ClientAuth,
-    ClientBase,
-    ClientStep,
     MailParams,
     RcptParams,
-    Read,
     Reply,
     SendResult,
     SMTPConnectionError,
     SMTPError,
     SMTPTimeout,
-    Steps,
     TLSMode,
-    WrapTLS,
-    Write,
-    address_literal,
 )
+from smtp_core.adapter import ClientBase, ClientStep, Read, Steps, WrapTLS, Write, address_literal
 
 __all__ = ["Client", "connect"]
 

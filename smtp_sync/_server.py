@@ -21,25 +21,27 @@ from typing import Any
 import attrs
 
 from smtp_core import (
-    Action,
     Admission,
-    Call,
-    Close,
     ConnectionLimits,
     Handler,
     Metrics,
     Policy,
     Router,
-    Send,
     ServerConfig,
     Session,
+    TLSInfo,
+    format_host_port,
+)
+from smtp_core.adapter import (
+    Action,
+    Call,
+    Close,
+    Send,
     Spool,
     Ticket,
-    TLSInfo,
     TurnedAway,
     UpgradeToTLS,
     describe_tls_failure,
-    format_host_port,
 )
 
 from ._spool import SpoolFile, call_arguments, is_async_callable, new_session_id, utc_now

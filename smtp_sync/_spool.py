@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 import attrs
 
-from smtp_core import Call, Deliver, Spool
+from smtp_core.adapter import Call, Deliver, Spool
 
 __all__ = ["SpoolFile", "call_arguments", "is_async_callable", "new_session_id", "utc_now"]
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import socket
 import ssl
 
-from smtp_core._transcript import TranscriptError, check_reply, script_steps
+from smtp_core import TranscriptError
+from smtp_core.adapter import check_reply, script_steps
 
 __all__ = ["play_transcript"]
 

@@ -10,18 +10,15 @@ import pytest
 
 from smtp_core import (
     Admission,
-    Admitted,
     ConnectionLimits,
     ConnectionRate,
     Metrics,
     Reply,
     Router,
-    Send,
     ServerConfig,
     Session,
-    Ticket,
-    TurnedAway,
 )
+from smtp_core.adapter import Admitted, Send, Ticket, TurnedAway
 
 
 def session(admission: Admission[Any] | None = None, **config: Any) -> Session:

@@ -137,3 +137,66 @@ def test_traceback_names_the_public_module() -> None:
 
     line = traceback.format_exception_only(SMTPConnectionError("gone"))
     assert line == ["smtp_core.SMTPConnectionError: gone\n"]
+
+
+#: what moved from smtp_core's top level to smtp_core.adapter (docs/architecture.md, "Moved
+#: names"): the Session's Actions, the client's steps, admission's answers, adapter helpers
+MOVED_TO_ADAPTER = {
+    *("Action", "Send", "Close", "Spool", "UpgradeToTLS", "Call", "HandlerCall"),
+    *("Connect", "Authenticate", "CheckRecipient", "Deliver"),
+    *("StepCall", "BeginStep", "StepRecipient", "AbortStep"),
+    *("ClientBase", "ClientStep", "Steps", "Read", "Write", "WrapTLS", "address_literal"),
+    *("Admitted", "Ticket", "TurnedAway", "describe_tls_failure"),
+}
+
+
+def test_the_adapter_module_holds_the_moved_names_and_the_player_helpers() -> None:
+    import smtp_core
+    import smtp_core.adapter
+
+    assert set(smtp_core.adapter.__all__) == MOVED_TO_ADAPTER | {"check_reply", "script_steps"}
+    assert MOVED_TO_ADAPTER.isdisjoint(smtp_core.__all__)
+
+
+@pytest.mark.parametrize("name", sorted(MOVED_TO_ADAPTER))
+def test_a_moved_name_still_imports_with_a_warning(name: str) -> None:
+    """``from smtp_core import Send`` works for one more release, and says where to look."""
+    import smtp_core
+    import smtp_core.adapter
+
+    namespace: dict[str, object] = {}
+    with pytest.warns(DeprecationWarning, match=rf"smtp_core\.adapter\.{name}\b") as caught:
+        exec(f"from smtp_core import {name}", namespace)
+    assert namespace[name] is getattr(smtp_core.adapter, name)
+    assert len(caught) == 1  # once per import, not once more for importlib's own look
+    with pytest.warns(DeprecationWarning, match=rf"smtp_core\.{name} moved"):
+        assert getattr(smtp_core, name) is getattr(smtp_core.adapter, name)
+
+
+def test_a_missing_name_is_still_an_attribute_error() -> None:
+    import smtp_core
+
+    with pytest.raises(AttributeError, match="no_such_name"):
+        smtp_core.no_such_name  # noqa: B018
+    with pytest.raises(ImportError):
+        exec("from smtp_core import check_reply", {})  # only ever in the adapter module
+
+
+@pytest.mark.parametrize(
+    ("module", "names"),
+    [
+        ("smtp_core.adapter", MOVED_TO_ADAPTER | {"check_reply", "script_steps"}),
+        ("smtp_sync.adapter", {"SpoolFile", "call_arguments", "is_async_callable"}),
+        ("smtp_sync.auth_file", {"AuthFilePolicy", "hash_password", "load_auth_file"}),
+    ],
+)
+def test_a_shared_home_names_its_classes_as_imported(module: str, names: set[str]) -> None:
+    """The public homes re-export from private modules; their classes say the public name."""
+    loaded = importlib.import_module(module)
+    assert names <= set(loaded.__all__)
+    wrong = {
+        name
+        for name in loaded.__all__
+        if inspect.isclass(value := getattr(loaded, name)) and value.__module__ != module
+    }
+    assert wrong == set()

@@ -202,7 +202,7 @@ async def test_on_an_event_loop_waiting_checks_hold_no_thread(
     not in worker threads (which handlers need as well)."""
     import anyio
 
-    from smtp_anyio._cli import _ThreadedAuthFilePolicy
+    from smtp_anyio._cli_config import _ThreadedAuthFilePolicy
 
     running, release, lock = [0], threading.Event(), threading.Lock()
 

@@ -15,17 +15,14 @@ from smtp_core import (
     ClientState,
     Command,
     OutgoingMessage,
-    Read,
     RecipientsRefused,
     SenderRefused,
     SMTPConnectionError,
     SMTPRefused,
     SMTPTimeout,
-    Steps,
-    WrapTLS,
-    Write,
     XOAuth2Client,
 )
+from smtp_core.adapter import Read, Steps, WrapTLS, Write
 
 T = TypeVar("T")
 EHLO = b"250-mx.example\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 AUTH PLAIN XOAUTH2\r\n"

@@ -4,13 +4,14 @@ command line around it is tested as a subprocess in test_cli_routes.py)."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from smtp_anyio import _cli
+from smtp_anyio import _cli, _cli_config
 from smtp_anyio._config_file import COMMAND_LINE_ONLY, FILE_KEYS, ConfigError, FileRoute
 from smtp_core import ConnectionRate
 
@@ -223,12 +224,12 @@ def test_a_bad_route_names_where_it_was_written(
 ) -> None:
     args = parse(tmp_path, text, *options)
     with pytest.raises(_cli.UsageError) as caught:
-        _cli._router(args)
+        _cli_config._router(args)
     assert error in str(caught.value)
 
 
 def table(tmp_path: Path, text: str, *options: str) -> list[tuple[str, str]]:
-    return _cli._routing_table(_cli._router(parse(tmp_path, text, *options)))
+    return _cli_config._routing_table(_cli_config._router(parse(tmp_path, text, *options)))
 
 
 FILE = """
@@ -365,3 +366,12 @@ def test_every_key_of_the_file_is_in_routes_md() -> None:
     for table, key in FILE_KEYS:
         row = rows["top level" if not table else f"`[{table}]`"]
         assert f"`{key}`" in row, (table, key)
+
+
+@pytest.mark.parametrize("name", sorted(_cli._MOVED))
+def test_the_cli_split_keeps_each_old_name(name: str) -> None:
+    """The helpers that moved out of _cli.py in the split still answer as ``_cli.<name>``."""
+    module = importlib.import_module(f"smtp_anyio.{_cli._MOVED[name]}")
+    assert getattr(_cli, name) is getattr(module, name)
+    with pytest.raises(AttributeError):
+        _cli.no_such_name  # noqa: B018

@@ -8,8 +8,9 @@ import anyio
 import pytest
 import trustme
 
-from smtp_core import describe_tls_failure, format_host_port
+from smtp_core import format_host_port
 from smtp_core._logtext import plural
+from smtp_core.adapter import describe_tls_failure
 
 
 @pytest.mark.parametrize(

@@ -11,13 +11,7 @@ from typing import Any
 import pytest
 
 from smtp_core import (
-    Action,
-    Authenticate,
-    CheckRecipient,
-    Close,
-    Connect,
     Credentials,
-    Deliver,
     Envelope,
     LoginMechanism,
     Metrics,
@@ -27,15 +21,23 @@ from smtp_core import (
     Reject,
     Reply,
     Router,
-    Send,
     ServerConfig,
     Session,
     SessionInfo,
-    Spool,
     TLSInfo,
-    UpgradeToTLS,
     encode_proxy_header,
     run_transcript,
+)
+from smtp_core.adapter import (
+    Action,
+    Authenticate,
+    CheckRecipient,
+    Close,
+    Connect,
+    Deliver,
+    Send,
+    Spool,
+    UpgradeToTLS,
 )
 
 NOW = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)

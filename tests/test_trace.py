@@ -14,16 +14,8 @@ from typing import Any
 
 import pytest
 
-from smtp_core import (
-    Action,
-    Authenticate,
-    Call,
-    LoginMechanism,
-    PlainMechanism,
-    Router,
-    ServerConfig,
-    Session,
-)
+from smtp_core import LoginMechanism, PlainMechanism, Router, ServerConfig, Session
+from smtp_core.adapter import Action, Authenticate, Call
 
 from .clients import client
 from .servers import Collect, running
