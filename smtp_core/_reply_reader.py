@@ -45,7 +45,7 @@ class ReplyReader:
         """Part of a reply is buffered (at the end of the stream: the server stopped mid-reply)."""
         return bool(self._buffer) or bool(self._lines)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         self._buffer += data
 
     def clear(self) -> None:
