@@ -29,6 +29,7 @@ import binascii
 import contextlib
 import re
 import types
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -478,13 +479,20 @@ class ClientConnection:
         return self._write(C.HELO, name, f"HELO {name}")
 
     def mail(self, address: str, params: MailParams | None = None) -> bytes:
-        """MAIL FROM (``""`` is the null reverse-path ``<>``). A non-ASCII address adds SMTPUTF8
-        when the server offers it; every parameter is checked against what was offered."""
+        """MAIL FROM (``""`` is the null reverse-path ``<>``). Every parameter is checked against
+        what was offered; a non-ASCII address needs SMTPUTF8 declared (RFC 6531 §3.4)."""
         self._begin(C.MAIL)
         _check_address(address, "reverse-path")
         params = params or MailParams()
         if not address.isascii() and not params.smtputf8:
             self._need(self._offered().smtputf8, "SMTPUTF8 (the reverse-path is not ASCII)")
+            warnings.warn(
+                "ClientConnection.mail() adds SMTPUTF8 for a non-ASCII reverse-path for one more"
+                " release, then refuses it: declare MailParams(smtputf8=True) (ClientSession and"
+                " ClientSession.mail_params_for do)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
             params = attrs.evolve(params, smtputf8=True)
         line = f"MAIL FROM:<{address}>{self._mail_params(params)}"
         out = self._write(C.MAIL, address, line)
@@ -534,7 +542,7 @@ class ClientConnection:
             raise LocalProtocolError("RCPT needs an address")
         if not address.isascii() and not self._txn.smtputf8:
             raise LocalProtocolError(
-                "non-ASCII recipient, but MAIL did not declare SMTPUTF8 (send_envelope does)"
+                "non-ASCII recipient, but MAIL did not declare SMTPUTF8 (ClientSession does)"
             )
         words = []
         if params is not None:
@@ -600,7 +608,7 @@ class ClientConnection:
             return
         raise LocalProtocolError(
             "the message has 8-bit octets but MAIL did not declare BODY=8BITMIME "
-            "(mail_params_for() sets it when the server offers 8BITMIME; otherwise encode the "
+            "(ClientSession declares it when the server offers 8BITMIME; otherwise encode the "
             "message as 7-bit, with quoted-printable or base64)"
         )
 
@@ -686,7 +694,7 @@ class ClientConnection:
             self._txn = txn
             raise
 
-    # --- writing: whole envelopes ---
+    # --- deprecated: the session layer's choices, kept for one release ---
 
     def mail_params_for(
         self,
@@ -695,19 +703,12 @@ class ClientConnection:
         rcpt_tos: Iterable[str] = (),
         params: MailParams | None = None,
     ) -> MailParams:
-        """MAIL parameters the message needs: SIZE when offered, BODY=8BITMIME for 8-bit
-        content, SMTPUTF8 for non-ASCII addresses. Refuses what the server does not offer."""
-        ext = self._offered()
-        params = params or MailParams()
-        if params.size is None and ext.size is not None:
-            params = attrs.evolve(params, size=len(content))
-        if params.body is None and not content.isascii():
-            self._need(ext.eightbitmime, "8BITMIME, and the message has 8-bit octets")
-            params = attrs.evolve(params, body="8BITMIME")
-        if not params.smtputf8 and not all(a.isascii() for a in (mail_from, *rcpt_tos)):
-            self._need(ext.smtputf8, "SMTPUTF8, and an address is not ASCII")
-            params = attrs.evolve(params, smtputf8=True)
-        return params
+        """Deprecated: which parameters a message needs is the session's choice; use
+        ``ClientSession.mail_params_for(conn.extensions, ...)`` (same arguments after it)."""
+        _deprecated("mail_params_for", "ClientSession.mail_params_for(conn.extensions, ...)")
+        from ._client_session import ClientSession  # the layer above: it imports this module
+
+        return ClientSession.mail_params_for(self._extensions, content, mail_from, rcpt_tos, params)
 
     def send_envelope(
         self,
@@ -719,37 +720,22 @@ class ClientConnection:
         content: bytes | None = None,
         data: bool = True,
     ) -> bytes:
-        """MAIL, every RCPT and DATA in one write (RFC 2920 pipelining).
+        """Deprecated: use ``ClientSession.write_envelope(conn, ...)`` (same arguments after
+        it): MAIL, every RCPT and DATA in one write, all or nothing."""
+        _deprecated("send_envelope", "ClientSession.write_envelope(conn, ...)")
+        from ._client_session import ClientSession  # the layer above: it imports this module
 
-        ``rcpt_params`` is one value for all recipients or one per recipient. With ``content``
-        the MAIL parameters come from ``mail_params_for``. ``data=False`` leaves DATA out (to
-        follow with BDAT). The replies then arrive in order; refused recipients are just not
-        in ``accepted_recipients``. All or nothing: if a command is refused, none is written.
-        """
-        self._need(self._offered().pipelining, "PIPELINING: send MAIL, RCPT and DATA one by one")
-        if isinstance(rcpt_tos, str):
-            raise LocalProtocolError("rcpt_tos is a sequence of addresses, not one string")
-        if not rcpt_tos:
-            raise LocalProtocolError("send_envelope needs at least one recipient")
-        if rcpt_params is None or isinstance(rcpt_params, RcptParams):
-            per_rcpt: Sequence[RcptParams | None] = [rcpt_params] * len(rcpt_tos)
-        else:
-            per_rcpt = rcpt_params
-            if len(per_rcpt) != len(rcpt_tos):
-                raise LocalProtocolError("rcpt_params has not one entry per recipient")
-        if content is not None:
-            mail_params = self.mail_params_for(content, mail_from, rcpt_tos, mail_params)
-        elif not all(a.isascii() for a in rcpt_tos):
-            mail_params = mail_params or MailParams()
-            if not mail_params.smtputf8:
-                self._need(self._offered().smtputf8, "SMTPUTF8, and a recipient is not ASCII")
-                mail_params = attrs.evolve(mail_params, smtputf8=True)
-        with self.all_or_nothing():
-            out = [self.mail(mail_from, mail_params)]
-            out += [self.rcpt(a, p) for a, p in zip(rcpt_tos, per_rcpt, strict=True)]
-            if data:
-                out.append(self.data())
-        return b"".join(out)
+        return ClientSession.write_envelope(
+            self, mail_from, rcpt_tos, mail_params, rcpt_params, content=content, data=data
+        )
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(
+        f"ClientConnection.{old}() is deprecated (a session-level choice): use {new}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 def _extra_params(extra: tuple[tuple[str, str | None], ...]) -> list[str]:
