@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import re
 import types
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 
@@ -166,8 +165,10 @@ ClientEvent = Response | ConnectionClosed
 _ENHANCED = re.compile(r"([245])\.(?:0|[1-9][0-9]{0,2})\.(?:0|[1-9][0-9]{0,2})(?= |$)")
 
 
-def _make_reply(code: int, texts: list[str]) -> Reply:
-    """Take the enhanced code off the lines when the first one starts with it (see above)."""
+def _make_reply(code: int, lines: list[str]) -> Reply:
+    """The reply from its lines as the reader gives them: the text after each code, and the
+    enhanced code taken off when the first text starts with it (see above)."""
+    texts = [lines[0][4:]] if len(lines) == 1 else [line[4:] for line in lines]
     found = _ENHANCED.match(texts[0])
     if found is None or int(found.group(1)) != code // 100:
         return Reply(code, texts)
@@ -355,8 +356,7 @@ class ClientConnection:
             self._stop(S.ERROR)
             raise
         if framed is not None:
-            code, lines = framed
-            return self._answer(_make_reply(code, [line[4:] for line in lines]))
+            return self._answer(_make_reply(*framed))
         if not self._eof:
             return NEED_DATA
         if self._reader.pending:
@@ -408,7 +408,8 @@ class ClientConnection:
             self._close()
             return Response(command, argument, reply)
 
-        self._states.answered(command, outcome, (later.command for later in self._outstanding))
+        if self._states.answered(command, outcome):
+            self._states.reproject(later.command for later in self._outstanding)
 
         extensions = None
         if command is C.MAIL:  # a new transaction, even a refused one: the last one's are gone
@@ -449,8 +450,11 @@ class ClientConnection:
 
     def _begin(self, verb: str) -> None:
         """Rule 1: refuse a command that does not fit (the caller then writes it)."""
-        last = self._outstanding[-1].command if self._outstanding else None
-        self._states.check_write(verb, last, self._offered().pipelining)
+        if self._outstanding:
+            last = self._outstanding[-1].command
+            self._states.check_write(verb, last, self._offered().pipelining)
+        else:
+            self._states.check_write(verb, None, True)
 
     def _write(self, command: Command, argument: str | None, line: str) -> bytes:
         self._outstanding.append(_Outstanding(command, argument))
@@ -679,20 +683,19 @@ class ClientConnection:
 
     # --- writing: several commands at once ---
 
-    @contextlib.contextmanager
-    def all_or_nothing(self) -> Iterator[None]:
-        """Build several commands for one write (a pipelined envelope): when one of them raises
-        LocalProtocolError, those built before it in the block are forgotten as well, as if
-        never written (their bytes must not be sent), and the error goes on."""
-        projected, count, txn = self._states.projected, len(self._outstanding), self._txn
-        try:
-            yield
-        except LocalProtocolError:
-            self._states.restore(projected)
-            while len(self._outstanding) > count:
-                self._outstanding.pop()
-            self._txn = txn
-            raise
+    def all_or_nothing(self) -> _AllOrNothing:
+        """Build several commands for one write (a pipelined envelope) in a ``with`` block:
+        when one of them raises LocalProtocolError, those built before it in the block are
+        forgotten as well, as if never written (their bytes must not be sent), and the error
+        goes on."""
+        return _AllOrNothing(self)
+
+    def _forget_since(self, count: int, txn: MailParams) -> None:
+        """``all_or_nothing``: drop the commands written after the first ``count``."""
+        while len(self._outstanding) > count:
+            self._outstanding.pop()
+        self._txn = txn
+        self._states.reproject(o.command for o in self._outstanding)
 
     # --- deprecated: the session layer's choices, kept for one release ---
 
@@ -728,6 +731,27 @@ class ClientConnection:
         return ClientSession.write_envelope(
             self, mail_from, rcpt_tos, mail_params, rcpt_params, content=content, data=data
         )
+
+
+class _AllOrNothing:
+    """The ``with`` block of ``ClientConnection.all_or_nothing`` (a class, not a generator
+    context manager: it is entered once per pipelined message)."""
+
+    __slots__ = ("_conn", "_count", "_txn")
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self._conn = conn
+        self._count = len(conn._outstanding)
+        self._txn = conn._txn
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: object
+    ) -> None:
+        if kind is not None and issubclass(kind, LocalProtocolError):
+            self._conn._forget_since(self._count, self._txn)
 
 
 def _deprecated(old: str, new: str) -> None:

@@ -58,6 +58,10 @@ class ClientState(enum.Enum):
     CLOSED = "CLOSED"  #: QUIT answered, 421 received or the connection closed
     ERROR = "ERROR"  #: the server broke the protocol; nothing more can be read or written
 
+    # Members are singletons compared by identity; Enum's own __hash__ hashes the name in
+    # Python code, once per table lookup on the path of every reply.
+    __hash__ = object.__hash__
+
 
 class Command(enum.StrEnum):
     """What a reply answers. Compares equal to its plain string (``Command.MAIL == "MAIL"``)."""
@@ -87,6 +91,8 @@ class Outcome(enum.Enum):
     DONE = 2  #: 2xx
     MORE = 3  #: 3xx: 354 to DATA, 334 to AUTH
     FAILED = 4  #: 4xx or 5xx
+
+    __hash__ = object.__hash__  # as ClientState's
 
 
 S = ClientState
@@ -159,6 +165,9 @@ ON_REPLY: dict[ClientState, dict[tuple[Command, Outcome], ClientState]] = {
     S.AUTH: {(C.AUTH, _MORE): S.AUTH, (C.AUTH, _DONE): S.READY, (C.AUTH, _FAILED): S.READY},
 }
 
+#: ON_REPLY flattened: one lookup per reply (the client's hot path).
+_MOVES = {(s, c, o): to for s, moves in ON_REPLY.items() for (c, o), to in moves.items()}
+
 #: Rule 4: the positive outcomes each command can get; 4xx/5xx is always a possible answer.
 POSITIVE: dict[Command, frozenset[Outcome]] = {c: frozenset({_DONE}) for c in Command}
 POSITIVE[C.DATA] = frozenset({_MORE})
@@ -179,12 +188,15 @@ def next_state(state: ClientState, command: Command, outcome: Outcome) -> Client
     """Rules 2 and 3 for a reply that is not a 421 (a 421 closes whatever it answers)."""
     if command is C.QUIT:
         return S.CLOSED
-    return ON_REPLY.get(state, {}).get((command, outcome), state)
+    return _MOVES.get((state, command, outcome), state)
+
+
+_BY_CLASS = {2: _DONE, 3: _MORE, 4: _FAILED, 5: _FAILED}
 
 
 def outcome_of(command: Command, code: int) -> Outcome | None:
     """Rule 4: the reply code's outcome, or None when no answer to ``command`` can be it."""
-    outcome = Outcome(min(code // 100, 4))
+    outcome = _BY_CLASS[code // 100]  # the reader lets only 2xx to 5xx through
     if outcome is not _FAILED and outcome not in POSITIVE[command]:
         return None
     return outcome
@@ -220,20 +232,19 @@ class ClientStates:
         """A command was written: assume it succeeds (Rule 1 checks the next one against that)."""
         self.projected = next_state(self.projected, command, _HOPED[command])
 
-    def answered(self, command: Command, outcome: Outcome, later: Iterable[Command]) -> None:
-        """Rule 2: a reply (not a 421) to ``command``; ``later`` are the commands still
-        outstanding after it, oldest first. When the reply is not the one hoped for, the
-        projected state is worked out again from the new state."""
+    def answered(self, command: Command, outcome: Outcome) -> bool:
+        """Rule 2: a reply (not a 421) to ``command`` moves the state. True when it is not the
+        reply hoped for: the caller then has the projected state worked out again
+        (``reproject``) from the commands still outstanding."""
         self.state = next_state(self.state, command, outcome)
-        if outcome is not _HOPED[command]:
-            projected = self.state
-            for following in later:
-                projected = next_state(projected, following, _HOPED[following])
-            self.projected = projected
+        return outcome is not _HOPED[command]
 
-    def restore(self, projected: ClientState) -> None:
-        """Forget commands built but never sent: the projected state goes back to what it was
-        (``ClientConnection.all_or_nothing``); the confirmed state cannot have moved."""
+    def reproject(self, later: Iterable[Command]) -> None:
+        """The projected state, from the confirmed one and the commands still outstanding
+        (oldest first), each assumed to succeed."""
+        projected = self.state
+        for following in later:
+            projected = next_state(projected, following, _HOPED[following])
         self.projected = projected
 
     def close(self) -> None:

@@ -142,8 +142,10 @@ def test_projected_state_follows_a_refusal() -> None:
     for command in (C.MAIL, C.RCPT, C.DATA):
         states.written(command)
     assert states.projected is S.DATA
-    states.answered(C.MAIL, FAILED, [C.RCPT, C.DATA])
+    assert states.answered(C.MAIL, FAILED)  # not the reply hoped for
+    states.reproject([C.RCPT, C.DATA])
     assert (states.state, states.projected) == (S.READY, S.READY)
+    assert not states.answered(C.RSET, DONE)  # hoped for: the projection stands
 
 
 def test_the_engine_never_assigns_a_state() -> None:
