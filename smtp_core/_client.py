@@ -546,7 +546,7 @@ class ClientConnection:
             raise LocalProtocolError("RCPT needs an address")
         if not address.isascii() and not self._txn.smtputf8:
             raise LocalProtocolError(
-                "non-ASCII recipient, but MAIL did not declare SMTPUTF8 (ClientSession does)"
+                "non-ASCII recipient, but MAIL did not declare SMTPUTF8 (ClientSession.send does)"
             )
         words = []
         if params is not None:
