@@ -4,43 +4,49 @@
 command fits the protocol state and what the server offered, and turns the server's bytes into
 ``Response`` events that say which command each reply answers. It never touches a socket.
 
-Rules the engine keeps (the state moves only in ``_ON_REPLY``, below):
+The state moves only as the tables in ``_client_state`` say (Rules 1-4 there), and replies are
+framed by the one reply reader (``_reply_reader``). A positive reply that no answer to its
+command can be, a malformed line, codes that disagree within one reply, a reply with no command
+to answer (a 421 excepted) or a reply over the size limits is a ``RemoteProtocolError``: the
+engine stops.
 
-Rule 1: a command is written only when it fits the state the connection will be in once every
-command already written has succeeded (``_ALLOWED``). Without PIPELINING nothing is written while
-a reply is outstanding; with it, nothing is written after a command that ends a group (RFC 2920
-§3.1: EHLO, HELO, LHLO, DATA, VRFY, NOOP, QUIT, STARTTLS, AUTH, and the greeting).
-Rule 2: replies answer the outstanding commands in order; a reply moves the state as
-``_ON_REPLY`` says for (state, command, outcome), and leaves it alone otherwise.
-Rule 3: a 421 answers the oldest outstanding command and ends the session, as does any reply to
-QUIT; the other outstanding commands get no reply.
-Rule 4: a positive reply that no answer to its command can be (250 to DATA, 354 to MAIL), a
-malformed line, codes that disagree within one reply, a reply with no command to answer (a 421
-excepted) or a reply over the size limits is a ``RemoteProtocolError``: the engine stops.
+The engine checks that what it is asked to write fits the protocol: the state, the syntax, and
+that every parameter was offered (a declared SIZE within the server's limit, RFC 1870). Which
+parameters a message needs (SIZE, BODY=8BITMIME, SMTPUTF8) and whether to send it at all are
+the session's choices (``ClientSession``), as in h11.
 
 Enhanced status codes (RFC 3463) are parsed whenever the first line's text starts with a valid
 ``class.subject.detail`` whose class matches the reply code's first digit, whether or not the
 server advertised ENHANCEDSTATUSCODES: the greeting and the EHLO reply come before we could know,
 and a text that starts so is an enhanced code in practice. The code is removed from every line
-that starts with it. A line may end in CRLF or in a bare LF (replies are only read, so leniency
-costs nothing here).
+that starts with it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import re
 import types
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 
+from ._client_state import (
+    REPLY_TIMEOUTS,
+    SASL_RESPONSE,
+    ClientState,
+    ClientStates,
+    Command,
+    Outcome,
+    outcome_of,
+)
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import NEED_DATA, ConnectionClosed, MailParams, RcptParams, Reply, Sentinel
 from ._params import xtext_encode
+from ._reply_reader import MAX_REPLY_LINE, MAX_REPLY_SIZE, ReplyReader
 from ._sasl import ClientMechanism
 
 __all__ = [
@@ -53,146 +59,10 @@ __all__ = [
     "Response",
 ]
 
-MAX_REPLY_LINE = 2048  #: octets per reply line with CRLF (RFC 5321: 512; servers exceed it)
-MAX_REPLY_SIZE = 64 * 1024  #: octets per (multi-line) reply
-
-
-class ClientState(enum.Enum):
-    """Where the session stands, as far as the server's replies have confirmed."""
-
-    GREETING = "GREETING"  #: waiting for the server's greeting
-    REFUSED = "REFUSED"  #: greeted with 554 (or another refusal): only QUIT is left
-    INITIAL = "INITIAL"  #: EHLO/HELO/LHLO needed (also right after STARTTLS)
-    READY = "READY"  #: greeted, no transaction
-    MAIL = "MAIL"  #: MAIL accepted, no recipient accepted yet
-    RCPT = "RCPT"  #: at least one recipient accepted
-    DATA = "DATA"  #: 354 received: send the content with ``send_message_data``
-    CHUNKING = "CHUNKING"  #: between BDAT chunks of one message
-    AUTH = "AUTH"  #: inside a SASL exchange: answer with ``auth_respond`` or ``auth_cancel``
-    CLOSED = "CLOSED"  #: QUIT answered, 421 received or the connection closed
-    ERROR = "ERROR"  #: the server broke the protocol; nothing more can be read or written
-
-
-class Command(enum.StrEnum):
-    """What a reply answers. Compares equal to its plain string (``Command.MAIL == "MAIL"``)."""
-
-    CONNECT = "CONNECT"  #: the greeting
-    EHLO = "EHLO"
-    HELO = "HELO"
-    LHLO = "LHLO"
-    MAIL = "MAIL"
-    RCPT = "RCPT"
-    DATA = "DATA"  #: the 354 go-ahead (or a refusal)
-    END_OF_DATA = "END_OF_DATA"  #: the final reply to a message sent after DATA
-    BDAT = "BDAT"
-    BDAT_LAST = "BDAT_LAST"  #: the final reply to a message sent with BDAT
-    RSET = "RSET"
-    NOOP = "NOOP"
-    VRFY = "VRFY"
-    STARTTLS = "STARTTLS"
-    AUTH = "AUTH"  #: the AUTH line and every SASL response after it
-    QUIT = "QUIT"
-    UNSOLICITED = "UNSOLICITED"  #: a 421 that arrived while no command was outstanding
-
-
-class _Outcome(enum.Enum):
-    DONE = 2  #: 2xx
-    MORE = 3  #: 3xx: 354 to DATA, 334 to AUTH
-    FAILED = 4  #: 4xx or 5xx
-
-
 S = ClientState
 C = Command
-_DONE, _MORE, _FAILED = _Outcome.DONE, _Outcome.MORE, _Outcome.FAILED
-
+_DONE, _MORE = Outcome.DONE, Outcome.MORE
 _HELLOS = frozenset({C.EHLO, C.HELO, C.LHLO})
-_ANYTIME = frozenset({C.RSET, C.NOOP, C.VRFY, C.QUIT})
-_SASL_RESPONSE = "SASL response"  # a guard key only: replies to it are reported as AUTH
-
-#: Rule 1: what may be written in each (projected) state.
-_ALLOWED: dict[ClientState, frozenset[str]] = {
-    S.GREETING: frozenset(),
-    S.REFUSED: frozenset({C.QUIT}),
-    S.INITIAL: _ANYTIME | _HELLOS,
-    S.READY: _ANYTIME | _HELLOS | {C.MAIL, C.STARTTLS, C.AUTH},
-    S.MAIL: _ANYTIME | _HELLOS | {C.RCPT},
-    S.RCPT: _ANYTIME | _HELLOS | {C.RCPT, C.DATA, C.BDAT, C.BDAT_LAST},
-    S.DATA: frozenset({C.END_OF_DATA}),
-    S.CHUNKING: frozenset({C.BDAT, C.BDAT_LAST, C.RSET, C.NOOP, C.QUIT}),
-    S.AUTH: frozenset({_SASL_RESPONSE}),
-    S.CLOSED: frozenset(),
-    S.ERROR: frozenset(),
-}
-
-#: Rule 1: commands after which nothing may be written until their reply is in (RFC 2920 §3.1,
-#: RFC 3207, RFC 4954). MAIL, RCPT, RSET, BDAT and the end of data may be followed.
-_ENDS_GROUP = frozenset(
-    {C.CONNECT, C.EHLO, C.HELO, C.LHLO, C.DATA, C.VRFY, C.NOOP, C.QUIT, C.STARTTLS, C.AUTH}
-)
-
-
-_HELLO_DONE = {(hello, _DONE): S.READY for hello in _HELLOS}  # a new EHLO resets (5321 §4.1.4)
-
-#: Rule 2: the only place the state moves (Rule 3 adds QUIT and 421, which end any state).
-_ON_REPLY: dict[ClientState, dict[tuple[Command, _Outcome], ClientState]] = {
-    S.GREETING: {(C.CONNECT, _DONE): S.INITIAL, (C.CONNECT, _FAILED): S.REFUSED},
-    S.INITIAL: dict(_HELLO_DONE),
-    S.READY: {
-        **_HELLO_DONE,
-        (C.MAIL, _DONE): S.MAIL,
-        (C.STARTTLS, _DONE): S.INITIAL,
-        (C.AUTH, _MORE): S.AUTH,
-        (C.RSET, _DONE): S.READY,
-    },
-    S.MAIL: {
-        **_HELLO_DONE,
-        (C.RCPT, _DONE): S.RCPT,
-        (C.RSET, _DONE): S.READY,
-        # 354 although no recipient was accepted (pipelined, all refused): the client ends the
-        # data at once with "." (send_message_data does), and the transaction fails.
-        (C.DATA, _MORE): S.DATA,
-        (C.BDAT_LAST, _DONE): S.READY,
-    },
-    S.RCPT: {
-        **_HELLO_DONE,
-        (C.DATA, _MORE): S.DATA,
-        (C.BDAT, _DONE): S.CHUNKING,
-        (C.BDAT, _FAILED): S.READY,  # RFC 3030 §2: a refused chunk fails the transaction
-        (C.BDAT_LAST, _DONE): S.READY,
-        (C.BDAT_LAST, _FAILED): S.READY,
-        (C.RSET, _DONE): S.READY,
-    },
-    S.DATA: {(C.END_OF_DATA, _DONE): S.READY, (C.END_OF_DATA, _FAILED): S.READY},
-    S.CHUNKING: {
-        (C.BDAT_LAST, _DONE): S.READY,
-        (C.BDAT, _FAILED): S.READY,
-        (C.BDAT_LAST, _FAILED): S.READY,
-        (C.RSET, _DONE): S.READY,
-    },
-    S.AUTH: {(C.AUTH, _MORE): S.AUTH, (C.AUTH, _DONE): S.READY, (C.AUTH, _FAILED): S.READY},
-}
-
-#: Rule 4: the positive outcomes each command can get; 4xx/5xx is always a possible answer.
-_POSITIVE: dict[Command, frozenset[_Outcome]] = {c: frozenset({_DONE}) for c in Command}
-_POSITIVE[C.DATA] = frozenset({_MORE})
-_POSITIVE[C.AUTH] = frozenset({_DONE, _MORE})
-
-#: The outcome assumed for outstanding commands when checking what may be written next.
-_HOPED: dict[Command, _Outcome] = {c: next(iter(_POSITIVE[c])) for c in Command}
-_HOPED[C.AUTH] = _DONE
-
-#: RFC 5321 §4.5.3.2: how long a client waits for each reply, in seconds.
-_REPLY_TIMEOUTS: dict[Command, float] = {c: 300.0 for c in Command}
-_REPLY_TIMEOUTS[C.DATA] = 120.0
-_REPLY_TIMEOUTS[C.END_OF_DATA] = 600.0
-_REPLY_TIMEOUTS[C.BDAT_LAST] = 600.0
-
-
-def _next_state(state: ClientState, command: Command, outcome: _Outcome) -> ClientState:
-    if command is C.QUIT:
-        return S.CLOSED
-    return _ON_REPLY.get(state, {}).get((command, outcome), state)
-
 
 # --- values and events --------------------------------------------------------------------
 
@@ -295,8 +165,10 @@ ClientEvent = Response | ConnectionClosed
 _ENHANCED = re.compile(r"([245])\.(?:0|[1-9][0-9]{0,2})\.(?:0|[1-9][0-9]{0,2})(?= |$)")
 
 
-def _make_reply(code: int, texts: list[str]) -> Reply:
-    """Take the enhanced code off the lines when the first one starts with it (see above)."""
+def _make_reply(code: int, lines: list[str]) -> Reply:
+    """The reply from its lines as the reader gives them: the text after each code, and the
+    enhanced code taken off when the first text starts with it (see above)."""
+    texts = [lines[0][4:]] if len(lines) == 1 else [line[4:] for line in lines]
     found = _ENHANCED.match(texts[0])
     if found is None or int(found.group(1)) != code // 100:
         return Reply(code, texts)
@@ -407,12 +279,8 @@ class ClientConnection:
         max_reply_size: int = MAX_REPLY_SIZE,
     ) -> None:
         self._lmtp = lmtp
-        self._max_line = max_reply_line
-        self._max_reply = max_reply_size
-        self._state = S.GREETING
+        self._states = ClientStates()
         self._outstanding: deque[_Outstanding] = deque([_Outstanding(C.CONNECT)])
-        # the state once every outstanding command has succeeded (what Rule 1 checks against)
-        self._projected = _next_state(S.GREETING, C.CONNECT, _HOPED[C.CONNECT])
         self._extensions: Extensions | None = None
         self._authenticated = False
         self._tls = False
@@ -421,18 +289,14 @@ class ClientConnection:
         self._mechanism: ClientMechanism | None = None
         self._challenge: bytes | None = None
         # receive side
-        self._buffer = bytearray()
-        self._scanned = 0  # how far the buffer is known to hold no LF
+        self._reader = ReplyReader(max_line=max_reply_line, max_reply=max_reply_size)
         self._eof = False
-        self._reply_code: int | None = None
-        self._reply_texts: list[str] = []
-        self._reply_octets = 0
 
     # --- what the application may look at ---
 
     @property
     def state(self) -> ClientState:
-        return self._state
+        return self._states.state
 
     @property
     def lmtp(self) -> bool:
@@ -462,9 +326,9 @@ class ClientConnection:
     def reply_timeout(self) -> float | None:
         """Seconds to wait for the oldest outstanding reply (RFC 5321 §4.5.3.2); None when no
         reply is due. The adapter enforces it; the engine never reads a clock."""
-        if not self._outstanding or self._state in (S.CLOSED, S.ERROR):
+        if not self._outstanding or self.state in (S.CLOSED, S.ERROR):
             return None
-        return _REPLY_TIMEOUTS[self._outstanding[0].command]
+        return REPLY_TIMEOUTS[self._outstanding[0].command]
 
     # --- receiving ---
 
@@ -476,82 +340,49 @@ class ClientConnection:
             return
         if not data:
             self._eof = True
-        elif self._state not in (S.CLOSED, S.ERROR):
-            self._buffer += data
+        elif self.state not in (S.CLOSED, S.ERROR):
+            self._reader.feed(data)
 
     def next_event(self) -> ClientEvent | Sentinel:
         """The next reply as a ``Response``, ``ConnectionClosed``, or ``NEED_DATA``."""
-        if self._state is S.ERROR:
+        state = self.state
+        if state is S.ERROR:
             raise RemoteProtocolError("the connection already failed", None)
-        if self._state is S.CLOSED:
+        if state is S.CLOSED:
             return ConnectionClosed() if self._eof else NEED_DATA
-        reply = self._read_reply()
-        if reply is not None:
-            return self._answer(reply)
+        try:
+            framed = self._reader.next_reply()
+        except RemoteProtocolError:
+            self._stop(S.ERROR)
+            raise
+        if framed is not None:
+            return self._answer(_make_reply(*framed))
         if not self._eof:
             return NEED_DATA
-        if self._buffer or self._reply_texts:
+        if self._reader.pending:
             raise self._fail("the server closed the connection in the middle of a reply")
         self._close()
         return ConnectionClosed()
 
     def _fail(self, message: str) -> RemoteProtocolError:
-        self._state = self._projected = S.ERROR
-        self._outstanding.clear()
-        self._buffer.clear()
+        self._stop(S.ERROR)
         return RemoteProtocolError(message, None)
 
     def _close(self) -> None:
-        self._state = self._projected = S.CLOSED
+        self._stop(S.CLOSED)
+
+    def _stop(self, state: ClientState) -> None:
+        """The session is over (CLOSED) or broken (ERROR): nothing more is read or written."""
+        if state is S.ERROR:
+            self._states.fail()
+        else:
+            self._states.close()
         self._outstanding.clear()
-        self._buffer.clear()
-
-    def _read_reply(self) -> Reply | None:
-        """Take one complete reply off the buffer, if there is one.
-
-        Each octet is looked at once: the search for LF resumes where the last one stopped, and
-        a line or reply over its limit fails before the rest of it is buffered.
-        """
-        buf = self._buffer
-        while True:
-            end = buf.find(b"\n", self._scanned)
-            if end < 0:
-                self._scanned = len(buf)
-                if len(buf) > self._max_line:
-                    raise self._fail(f"reply line longer than {self._max_line} octets")
-                if self._reply_octets + len(buf) > self._max_reply:
-                    raise self._fail(f"reply longer than {self._max_reply} octets")
-                return None
-            length = end + 1
-            if length > self._max_line:
-                raise self._fail(f"reply line longer than {self._max_line} octets")
-            line = bytes(buf[: end - 1 if end and buf[end - 1] == 0x0D else end])
-            del buf[:length]
-            self._scanned = 0
-            self._reply_octets += length
-            if self._reply_octets > self._max_reply:
-                raise self._fail(f"reply longer than {self._max_reply} octets")
-            code_digits, separator = line[:3], line[3:4]
-            if not (
-                len(code_digits) == 3
-                and code_digits.isdigit()
-                and code_digits[0] in b"2345"
-                and separator in (b"", b" ", b"-")
-            ):
-                raise self._fail(f"malformed reply line: {line[:80]!r}")
-            code = int(code_digits)
-            if self._reply_code is None:
-                self._reply_code = code
-            elif code != self._reply_code:
-                raise self._fail(f"reply code {code} inside a {self._reply_code} reply")
-            self._reply_texts.append(line[4:].decode("utf-8", "replace"))
-            if separator != b"-":
-                reply = _make_reply(code, self._reply_texts)
-                self._reply_code, self._reply_texts, self._reply_octets = None, [], 0
-                return reply
+        self._reader.clear()
 
     def _answer(self, reply: Reply) -> Response:
-        """Rules 2-4: match the reply to the oldest outstanding command and move the state."""
+        """Match the reply to the oldest outstanding command and move the state (the tables'
+        Rules 2-4)."""
         if not self._outstanding:
             if reply.code == 421:
                 self._close()
@@ -559,8 +390,8 @@ class ClientConnection:
             raise self._fail(f"a {reply.code} reply arrived while no command was outstanding")
         head = self._outstanding[0]
         command = head.command
-        outcome = _Outcome(min(reply.code // 100, 4))
-        if outcome is not _FAILED and outcome not in _POSITIVE[command]:
+        outcome = outcome_of(command, reply.code)
+        if outcome is None:
             raise self._fail(f"a {reply.code} reply cannot answer {command}")
         argument = head.argument
         if self._lmtp and command in (C.END_OF_DATA, C.BDAT_LAST):
@@ -577,11 +408,8 @@ class ClientConnection:
             self._close()
             return Response(command, argument, reply)
 
-        self._state = _next_state(self._state, command, outcome)
-        if outcome is not _HOPED[command]:
-            self._projected = self._state
-            for later in self._outstanding:
-                self._projected = _next_state(self._projected, later.command, _HOPED[later.command])
+        if self._states.answered(command, outcome):
+            self._states.reproject(later.command for later in self._outstanding)
 
         extensions = None
         if command is C.MAIL:  # a new transaction, even a refused one: the last one's are gone
@@ -600,8 +428,7 @@ class ClientConnection:
             elif command is C.STARTTLS:
                 # RFC 3207 §4.2 (CVE-2011-0411): bytes that came with the 220 were sent before
                 # TLS and may be injected; drop them, and forget what the server said before.
-                self._buffer.clear()
-                self._scanned = 0
+                self._reader.clear()
                 self._tls = True
                 self._extensions = None
                 self._authenticated = False
@@ -625,21 +452,13 @@ class ClientConnection:
         """Rule 1: refuse a command that does not fit (the caller then writes it)."""
         if self._outstanding:
             last = self._outstanding[-1].command
-            if last is C.CONNECT:
-                raise LocalProtocolError(f"{verb} before the server's greeting")
-            if not self._offered().pipelining:
-                raise LocalProtocolError(
-                    f"{verb} while the reply to {last} is outstanding "
-                    "(the server does not offer PIPELINING: one command at a time)"
-                )
-            if last in _ENDS_GROUP:
-                raise LocalProtocolError(f"{verb} before the reply to {last} (RFC 2920 §3.1)")
-        if verb not in _ALLOWED[self._projected]:
-            raise LocalProtocolError(f"{verb} is not allowed in state {self._projected.name}")
+            self._states.check_write(verb, last, self._offered().pipelining)
+        else:
+            self._states.check_write(verb, None, True)
 
     def _write(self, command: Command, argument: str | None, line: str) -> bytes:
         self._outstanding.append(_Outstanding(command, argument))
-        self._projected = _next_state(self._projected, command, _HOPED[command])
+        self._states.written(command)
         return line.encode("utf-8") + b"\r\n"
 
     def _need(self, offered: bool, what: str) -> None:
@@ -664,13 +483,20 @@ class ClientConnection:
         return self._write(C.HELO, name, f"HELO {name}")
 
     def mail(self, address: str, params: MailParams | None = None) -> bytes:
-        """MAIL FROM (``""`` is the null reverse-path ``<>``). A non-ASCII address adds SMTPUTF8
-        when the server offers it; every parameter is checked against what was offered."""
+        """MAIL FROM (``""`` is the null reverse-path ``<>``). Every parameter is checked against
+        what was offered; a non-ASCII address needs SMTPUTF8 declared (RFC 6531 §3.4)."""
         self._begin(C.MAIL)
         _check_address(address, "reverse-path")
         params = params or MailParams()
         if not address.isascii() and not params.smtputf8:
             self._need(self._offered().smtputf8, "SMTPUTF8 (the reverse-path is not ASCII)")
+            warnings.warn(
+                "ClientConnection.mail() adds SMTPUTF8 for a non-ASCII reverse-path for one more"
+                " release, then refuses it: declare MailParams(smtputf8=True) (ClientSession and"
+                " ClientSession.mail_params_for do)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
             params = attrs.evolve(params, smtputf8=True)
         line = f"MAIL FROM:<{address}>{self._mail_params(params)}"
         out = self._write(C.MAIL, address, line)
@@ -720,7 +546,7 @@ class ClientConnection:
             raise LocalProtocolError("RCPT needs an address")
         if not address.isascii() and not self._txn.smtputf8:
             raise LocalProtocolError(
-                "non-ASCII recipient, but MAIL did not declare SMTPUTF8 (send_envelope does)"
+                "non-ASCII recipient, but MAIL did not declare SMTPUTF8 (ClientSession.send does)"
             )
         words = []
         if params is not None:
@@ -759,7 +585,7 @@ class ClientConnection:
             self._check_8bit(content)
             line = _stuff(content)
         self._outstanding.append(_Outstanding(C.END_OF_DATA))
-        self._projected = _next_state(self._projected, C.END_OF_DATA, _DONE)
+        self._states.written(C.END_OF_DATA)
         return line
 
     def message_data(self) -> MessageData:
@@ -768,7 +594,7 @@ class ClientConnection:
         returns, ``end()`` last."""
         self._begin(C.END_OF_DATA)
         self._outstanding.append(_Outstanding(C.END_OF_DATA))
-        self._projected = _next_state(self._projected, C.END_OF_DATA, _DONE)
+        self._states.written(C.END_OF_DATA)
         return MessageData(self._check_8bit if self._accepted else None)
 
     def bdat(self, chunk: bytes, last: bool = False) -> bytes:
@@ -786,7 +612,7 @@ class ClientConnection:
             return
         raise LocalProtocolError(
             "the message has 8-bit octets but MAIL did not declare BODY=8BITMIME "
-            "(mail_params_for() sets it when the server offers 8BITMIME; otherwise encode the "
+            "(ClientSession declares it when the server offers 8BITMIME; otherwise encode the "
             "message as 7-bit, with quoted-printable or base64)"
         )
 
@@ -837,7 +663,7 @@ class ClientConnection:
     def auth_respond(self) -> bytes:
         """The mechanism's answer to the last 334 challenge, base64-encoded. A challenge that is
         not valid base64 is answered with ``*`` (cancel), as RFC 4954 §4 allows."""
-        self._begin(_SASL_RESPONSE)
+        self._begin(SASL_RESPONSE)
         assert self._mechanism is not None
         if self._challenge is None:
             return self._write(C.AUTH, self._mechanism.name.upper(), "*")
@@ -847,7 +673,7 @@ class ClientConnection:
 
     def auth_cancel(self) -> bytes:
         """``*``: end the SASL exchange; the server answers 501."""
-        self._begin(_SASL_RESPONSE)
+        self._begin(SASL_RESPONSE)
         assert self._mechanism is not None
         return self._write(C.AUTH, self._mechanism.name.upper(), "*")
 
@@ -855,7 +681,23 @@ class ClientConnection:
         self._begin(C.QUIT)
         return self._write(C.QUIT, None, "QUIT")
 
-    # --- writing: whole envelopes ---
+    # --- writing: several commands at once ---
+
+    def all_or_nothing(self) -> _AllOrNothing:
+        """Build several commands for one write (a pipelined envelope) in a ``with`` block:
+        when one of them raises LocalProtocolError, those built before it in the block are
+        forgotten as well, as if never written (their bytes must not be sent), and the error
+        goes on."""
+        return _AllOrNothing(self)
+
+    def _forget_since(self, count: int, txn: MailParams) -> None:
+        """``all_or_nothing``: drop the commands written after the first ``count``."""
+        while len(self._outstanding) > count:
+            self._outstanding.pop()
+        self._txn = txn
+        self._states.reproject(o.command for o in self._outstanding)
+
+    # --- deprecated: the session layer's choices, kept for one release ---
 
     def mail_params_for(
         self,
@@ -864,19 +706,12 @@ class ClientConnection:
         rcpt_tos: Iterable[str] = (),
         params: MailParams | None = None,
     ) -> MailParams:
-        """MAIL parameters the message needs: SIZE when offered, BODY=8BITMIME for 8-bit
-        content, SMTPUTF8 for non-ASCII addresses. Refuses what the server does not offer."""
-        ext = self._offered()
-        params = params or MailParams()
-        if params.size is None and ext.size is not None:
-            params = attrs.evolve(params, size=len(content))
-        if params.body is None and not content.isascii():
-            self._need(ext.eightbitmime, "8BITMIME, and the message has 8-bit octets")
-            params = attrs.evolve(params, body="8BITMIME")
-        if not params.smtputf8 and not all(a.isascii() for a in (mail_from, *rcpt_tos)):
-            self._need(ext.smtputf8, "SMTPUTF8, and an address is not ASCII")
-            params = attrs.evolve(params, smtputf8=True)
-        return params
+        """Deprecated: which parameters a message needs is the session's choice; use
+        ``ClientSession.mail_params_for(conn.extensions, ...)`` (same arguments after it)."""
+        _deprecated("mail_params_for", "ClientSession.mail_params_for(conn.extensions, ...)")
+        from ._client_session import ClientSession  # the layer above: it imports this module
+
+        return ClientSession.mail_params_for(self._extensions, content, mail_from, rcpt_tos, params)
 
     def send_envelope(
         self,
@@ -888,43 +723,43 @@ class ClientConnection:
         content: bytes | None = None,
         data: bool = True,
     ) -> bytes:
-        """MAIL, every RCPT and DATA in one write (RFC 2920 pipelining).
+        """Deprecated: use ``ClientSession.write_envelope(conn, ...)`` (same arguments after
+        it): MAIL, every RCPT and DATA in one write, all or nothing."""
+        _deprecated("send_envelope", "ClientSession.write_envelope(conn, ...)")
+        from ._client_session import ClientSession  # the layer above: it imports this module
 
-        ``rcpt_params`` is one value for all recipients or one per recipient. With ``content``
-        the MAIL parameters come from ``mail_params_for``. ``data=False`` leaves DATA out (to
-        follow with BDAT). The replies then arrive in order; refused recipients are just not
-        in ``accepted_recipients``. All or nothing: if a command is refused, none is written.
-        """
-        self._need(self._offered().pipelining, "PIPELINING: send MAIL, RCPT and DATA one by one")
-        if isinstance(rcpt_tos, str):
-            raise LocalProtocolError("rcpt_tos is a sequence of addresses, not one string")
-        if not rcpt_tos:
-            raise LocalProtocolError("send_envelope needs at least one recipient")
-        if rcpt_params is None or isinstance(rcpt_params, RcptParams):
-            per_rcpt: Sequence[RcptParams | None] = [rcpt_params] * len(rcpt_tos)
-        else:
-            per_rcpt = rcpt_params
-            if len(per_rcpt) != len(rcpt_tos):
-                raise LocalProtocolError("rcpt_params has not one entry per recipient")
-        if content is not None:
-            mail_params = self.mail_params_for(content, mail_from, rcpt_tos, mail_params)
-        elif not all(a.isascii() for a in rcpt_tos):
-            mail_params = mail_params or MailParams()
-            if not mail_params.smtputf8:
-                self._need(self._offered().smtputf8, "SMTPUTF8, and a recipient is not ASCII")
-                mail_params = attrs.evolve(mail_params, smtputf8=True)
-        saved = (self._projected, len(self._outstanding), self._txn)
-        try:
-            out = [self.mail(mail_from, mail_params)]
-            out += [self.rcpt(a, p) for a, p in zip(rcpt_tos, per_rcpt, strict=True)]
-            if data:
-                out.append(self.data())
-        except LocalProtocolError:
-            self._projected, count, self._txn = saved
-            while len(self._outstanding) > count:
-                self._outstanding.pop()
-            raise
-        return b"".join(out)
+        return ClientSession.write_envelope(
+            self, mail_from, rcpt_tos, mail_params, rcpt_params, content=content, data=data
+        )
+
+
+class _AllOrNothing:
+    """The ``with`` block of ``ClientConnection.all_or_nothing`` (a class, not a generator
+    context manager: it is entered once per pipelined message)."""
+
+    __slots__ = ("_conn", "_count", "_txn")
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self._conn = conn
+        self._count = len(conn._outstanding)
+        self._txn = conn._txn
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: object
+    ) -> None:
+        if kind is not None and issubclass(kind, LocalProtocolError):
+            self._conn._forget_since(self._count, self._txn)
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(
+        f"ClientConnection.{old}() is deprecated (a session-level choice): use {new}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 def _extra_params(extra: tuple[tuple[str, str | None], ...]) -> list[str]:

@@ -385,8 +385,8 @@ class ClientSession:
         content_sent = False
         if ext.pipelining:
             try:
-                out = conn.send_envelope(
-                    message.mail_from, message.rcpt_tos, params, per_rcpt, data=not chunking
+                out = self.write_envelope(
+                    conn, message.mail_from, message.rcpt_tos, params, per_rcpt, data=not chunking
                 )
             except LocalProtocolError as exc:  # all or nothing: nothing was written
                 raise SMTPNotSupported(f"{self.server}: {exc}") from None
@@ -456,6 +456,8 @@ class ClientSession:
         self.check_usable()
         if self.conn.state is not ClientState.READY:
             yield from self._abandon()
+        if not address.isascii() and not (params and params.smtputf8):
+            params = attrs.evolve(params or MailParams(), smtputf8=True)  # RFC 6531 §3.4
         try:
             data = self.conn.mail(address, params)
         except LocalProtocolError as exc:
@@ -622,6 +624,79 @@ class ClientSession:
                 f"{self.server} refused AUTH {mechanism.name}", response.reply, Command.AUTH
             )
 
+    # --- the session's choices, for any ClientConnection ---
+
+    @staticmethod
+    def mail_params_for(
+        extensions: Extensions | None,
+        content: bytes,
+        mail_from: str,
+        rcpt_tos: Iterable[str] = (),
+        params: MailParams | None = None,
+    ) -> MailParams:
+        """The MAIL parameters a message needs on a server that offered ``extensions``: SIZE
+        when offered, BODY=8BITMIME for 8-bit content, SMTPUTF8 for non-ASCII addresses; what
+        ``params`` already says is kept. ``LocalProtocolError`` when the server lacks one."""
+        ext = extensions or Extensions()
+        params = params or MailParams()
+        if params.size is None and ext.size is not None:
+            params = attrs.evolve(params, size=len(content))
+        if params.body is None and not content.isascii():
+            if not ext.eightbitmime:
+                raise LocalProtocolError(
+                    "the server does not offer 8BITMIME, and the message has 8-bit octets"
+                )
+            params = attrs.evolve(params, body="8BITMIME")
+        return _smtputf8_if_needed(ext, params, (mail_from, *rcpt_tos))
+
+    @staticmethod
+    def write_envelope(
+        conn: ClientConnection,
+        mail_from: str,
+        rcpt_tos: Sequence[str],
+        mail_params: MailParams | None = None,
+        rcpt_params: RcptParams | Sequence[RcptParams | None] | None = None,
+        *,
+        content: bytes | None = None,
+        data: bool = True,
+    ) -> bytes:
+        """MAIL, every RCPT and DATA for one write on ``conn`` (RFC 2920 pipelining).
+
+        ``rcpt_params`` is one value for all recipients or one per recipient. With ``content``
+        the MAIL parameters come from ``mail_params_for``; without, a non-ASCII address still
+        gets SMTPUTF8. ``data=False`` leaves DATA out (to follow with BDAT). The replies then
+        arrive in order; refused recipients are just not in ``conn.accepted_recipients``. All
+        or nothing: if a command is refused (``LocalProtocolError``), none is written.
+        """
+        if not (conn.extensions or Extensions()).pipelining:
+            raise LocalProtocolError(
+                "the server does not offer PIPELINING: send MAIL, RCPT and DATA one by one"
+            )
+        if isinstance(rcpt_tos, str):
+            raise LocalProtocolError("rcpt_tos is a sequence of addresses, not one string")
+        if not rcpt_tos:
+            raise LocalProtocolError("write_envelope needs at least one recipient")
+        if rcpt_params is None or isinstance(rcpt_params, RcptParams):
+            per_rcpt: Sequence[RcptParams | None] = [rcpt_params] * len(rcpt_tos)
+        else:
+            per_rcpt = rcpt_params
+            if len(per_rcpt) != len(rcpt_tos):
+                raise LocalProtocolError("rcpt_params has not one entry per recipient")
+        if content is not None:
+            mail_params = ClientSession.mail_params_for(
+                conn.extensions, content, mail_from, rcpt_tos, mail_params
+            )
+        else:
+            mail_params = _smtputf8_if_needed(
+                conn.extensions or Extensions(), mail_params or MailParams(), (mail_from, *rcpt_tos)
+            )
+        with conn.all_or_nothing():
+            out = [conn.mail(mail_from, mail_params)]
+            out += [conn.rcpt(a, p) for a, p in zip(rcpt_tos, per_rcpt, strict=True)]
+            if data:
+                out.append(conn.data())
+        return b"".join(out)
+
     # --- the steps of send ---
 
     def _mail_params(
@@ -635,7 +710,7 @@ class ClientSession:
                 f"(SIZE {ext.size})"
             )
         try:
-            params = self.conn.mail_params_for(content, message.mail_from, message.rcpt_tos, given)
+            params = self.mail_params_for(ext, content, message.mail_from, message.rcpt_tos, given)
         except LocalProtocolError as exc:
             raise SMTPNotSupported(f"{self.server}: {exc}") from None
         if not params.smtputf8 and ext.smtputf8 and message.utf8_headers:
@@ -704,6 +779,17 @@ class ClientSession:
             data = yield Read(timeout if limit is None else min(timeout, limit))
             assert data is not None
             self.conn.receive_data(data)
+
+
+def _smtputf8_if_needed(
+    ext: Extensions, params: MailParams, addresses: Iterable[str]
+) -> MailParams:
+    """SMTPUTF8 declared when an address is not ASCII (RFC 6531 §3.4), if the server offers it."""
+    if params.smtputf8 or all(a.isascii() for a in addresses):
+        return params
+    if not ext.smtputf8:
+        raise LocalProtocolError("the server does not offer SMTPUTF8, and an address is not ASCII")
+    return attrs.evolve(params, smtputf8=True)
 
 
 def _result(

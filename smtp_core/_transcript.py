@@ -24,6 +24,8 @@ import attrs
 
 from ._config import ServerConfig
 from ._envelope import Envelope, TLSInfo
+from ._errors import RemoteProtocolError
+from ._reply_reader import ReplyReader
 from ._router import Router
 from ._session import (
     Action,
@@ -40,6 +42,7 @@ from ._session import (
 
 __all__ = [
     "TranscriptError",
+    "TranscriptReplies",
     "TranscriptResult",
     "check_reply",
     "run_transcript",
@@ -58,6 +61,26 @@ class TranscriptResult:
     replies: list[str] = attrs.Factory(list)  #: every reply, lines joined with "\n"
     deliveries: list[Envelope] = attrs.Factory(list)  #: what each handler call received
     closed: bool = False
+
+
+class TranscriptReplies:
+    """The server's replies as a script sees them: each complete reply's lines as sent, joined
+    with "\n". Framed by the client's ``ReplyReader`` (same line ends, limits and checks), for
+    the in-memory player here and the live one in smtp_sync."""
+
+    def __init__(self) -> None:
+        self._reader = ReplyReader()
+
+    def feed(self, data: bytes | bytearray) -> None:
+        self._reader.feed(data)
+
+    def next(self) -> str | None:
+        """The next complete reply, or None until one is buffered."""
+        try:
+            framed = self._reader.next_reply()
+        except RemoteProtocolError as exc:
+            raise TranscriptError(f"the server's reply is malformed: {exc}") from None
+        return None if framed is None else "\n".join(framed[1])
 
 
 def _finish(value: object) -> object:
@@ -80,6 +103,7 @@ class _Player:
         self.result = result
         self.output = bytearray()
         self.spool: BinaryIO | None = None
+        self.replies = TranscriptReplies()
 
     def run(self, actions: list[Action]) -> None:
         queue = list(actions)
@@ -113,18 +137,9 @@ class _Player:
             return exc
 
     def next_reply(self) -> str | None:
-        lines = []
-        start = 0
-        while True:
-            end = self.output.find(b"\r\n", start)
-            if end < 0:
-                return None
-            line = self.output[start:end].decode("utf-8", "replace")
-            lines.append(line)
-            start = end + 2
-            if line[3:4] != "-":
-                del self.output[:start]
-                return "\n".join(lines)
+        self.replies.feed(self.output)
+        self.output.clear()
+        return self.replies.next()
 
 
 def script_steps(script: str) -> Iterator[tuple[int, Literal["C", "S"], str]]:

@@ -13,7 +13,8 @@ what they ask for. That vocabulary lives here, so the top level stays the applic
 - ``Admission`` (configured at the top level) answers each new connection with ``Admitted``
   (and a ``Ticket`` to hand back when it ends) or ``TurnedAway``;
 - helpers: ``describe_tls_failure`` for the log, ``address_literal`` for a client's EHLO name,
-  ``script_steps``/``check_reply`` to play a transcript against a live server.
+  ``script_steps``/``check_reply``/``TranscriptReplies`` to play a transcript against a live
+  server.
 
 Server Actions and client steps never meet: a server loop matches ``Send``/``Close``/...,
 a client driver ``Write``/``Read``/``WrapTLS``. The old top-level names
@@ -48,7 +49,7 @@ from ._session import (
     StepRecipient,
     UpgradeToTLS,
 )
-from ._transcript import check_reply, script_steps
+from ._transcript import TranscriptReplies, check_reply, script_steps
 
 __all__ = (
     "AbortStep",
@@ -71,6 +72,7 @@ __all__ = (
     "StepRecipient",
     "Steps",
     "Ticket",
+    "TranscriptReplies",
     "TurnedAway",
     "UpgradeToTLS",
     "WrapTLS",

@@ -10,38 +10,29 @@ import socket
 import ssl
 
 from smtp_core import TranscriptError
-from smtp_core.adapter import check_reply, script_steps
+from smtp_core.adapter import TranscriptReplies, check_reply, script_steps
 
 __all__ = ["play_transcript"]
 
 
 class _Replies:
-    """Complete replies read from the socket, multi-line ones joined with "\\n"."""
+    """Complete replies read from the socket, multi-line ones joined with "\\n"; smtp_core's
+    ``TranscriptReplies`` frames them, this only reads."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.buffer = bytearray()
+        self.replies = TranscriptReplies()
 
     def next(self) -> str | None:
-        lines: list[str] = []
-        start = 0
-        while True:
-            end = self.buffer.find(b"\r\n", start)
-            if end < 0:
-                try:
-                    data = self.sock.recv(65536)
-                except TimeoutError:
-                    return None
-                if not data:
-                    return None
-                self.buffer += data
-                continue
-            line = self.buffer[start:end].decode("utf-8", "replace")
-            lines.append(line)
-            start = end + 2
-            if line[3:4] != "-":
-                del self.buffer[:start]
-                return "\n".join(lines)
+        while (reply := self.replies.next()) is None:
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                return None
+            if not data:
+                return None
+            self.replies.feed(data)
+        return reply
 
 
 def play_transcript(

@@ -154,7 +154,7 @@ def test_the_adapter_module_holds_the_moved_names_and_the_player_helpers() -> No
     import smtp_core
     import smtp_core.adapter
 
-    assert set(smtp_core.adapter.__all__) == MOVED_TO_ADAPTER | {"check_reply", "script_steps"}
+    assert set(smtp_core.adapter.__all__) == MOVED_TO_ADAPTER | {"check_reply", "script_steps", "TranscriptReplies"}
     assert MOVED_TO_ADAPTER.isdisjoint(smtp_core.__all__)
 
 
@@ -185,7 +185,7 @@ def test_a_missing_name_is_still_an_attribute_error() -> None:
 @pytest.mark.parametrize(
     ("module", "names"),
     [
-        ("smtp_core.adapter", MOVED_TO_ADAPTER | {"check_reply", "script_steps"}),
+        ("smtp_core.adapter", MOVED_TO_ADAPTER | {"check_reply", "script_steps", "TranscriptReplies"}),
         ("smtp_sync.adapter", {"SpoolFile", "call_arguments", "is_async_callable"}),
         ("smtp_sync.auth_file", {"AuthFilePolicy", "hash_password", "load_auth_file"}),
     ],

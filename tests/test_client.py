@@ -21,12 +21,16 @@ from smtp_core._client import (
     Extensions,
     Response,
 )
+from smtp_core._client_session import ClientSession
 from smtp_core._errors import LocalProtocolError, RemoteProtocolError
 from smtp_core._events import NEED_DATA, ConnectionClosed, MailParams, RcptParams, Reply
 from smtp_core._sasl import ClientMechanism, LoginClient, PlainClient, XOAuth2Client
 
 S = ClientState
 C = Command
+# the session layer's choices, written for any ClientConnection
+write_envelope = ClientSession.write_envelope
+mail_params_for = ClientSession.mail_params_for
 
 FULL = (
     "PIPELINING",
@@ -474,7 +478,7 @@ PIPELINED_REPLIES = (
 
 def pipelined_conn() -> ClientConnection:
     conn = greeted(*FULL)
-    conn.send_envelope("a@example.com", ["b@example.com", "c@example.com", "d@example.com"])
+    write_envelope(conn, "a@example.com", ["b@example.com", "c@example.com", "d@example.com"])
     return conn
 
 
@@ -625,7 +629,8 @@ def test_421_in_the_middle_drops_the_rest() -> None:
 
 def test_send_envelope_bytes() -> None:
     conn = greeted(*FULL)
-    out = conn.send_envelope(
+    out = write_envelope(
+        conn,
         "a@example.com",
         ["b@example.com", "c@example.com"],
         MailParams(ret="HDRS"),
@@ -690,7 +695,7 @@ def test_pipelined_mail_failure_then_rcpt_503() -> None:
 def test_pipelining_allows_mail_after_end_of_data() -> None:
     conn = pipelined_conn()
     answer(conn, PIPELINED_REPLIES)
-    out = conn.send_message_data(b"one") + conn.send_envelope("a@example.com", ["b@example.com"])
+    out = conn.send_message_data(b"one") + write_envelope(conn, "a@example.com", ["b@example.com"])
     assert out.endswith(b"DATA\r\n")
     assert conn.outstanding == (C.END_OF_DATA, C.MAIL, C.RCPT, C.DATA)
     answer(conn, b"250 queued\r\n250 OK\r\n250 OK\r\n354 go\r\n")
@@ -717,7 +722,7 @@ def test_lock_step_after_end_of_data_without_pipelining() -> None:
 )
 def test_group_enders(last: Callable[[ClientConnection], bytes]) -> None:
     conn = greeted(*FULL)
-    conn.send_envelope("a@example.com", ["b@example.com"], data=False)
+    write_envelope(conn, "a@example.com", ["b@example.com"], data=False)
     last(conn)
     with pytest.raises(LocalProtocolError, match="RFC 2920"):
         conn.rset()
@@ -732,14 +737,14 @@ def test_rcpt_before_mail_even_pipelined() -> None:
 def test_send_envelope_is_all_or_nothing() -> None:
     conn = greeted(*FULL)
     with pytest.raises(LocalProtocolError, match="CR, LF"):
-        conn.send_envelope("a@example.com", ["b@example.com", "evil\r\nRSET@example.com"])
+        write_envelope(conn, "a@example.com", ["b@example.com", "evil\r\nRSET@example.com"])
     assert conn.outstanding == ()
-    assert conn.send_envelope("a@example.com", ["b@example.com"]).startswith(b"MAIL")
+    assert write_envelope(conn, "a@example.com", ["b@example.com"]).startswith(b"MAIL")
 
 
 def test_send_envelope_smtputf8_for_recipients() -> None:
     conn = greeted(*FULL)
-    out = conn.send_envelope("a@example.com", ["jürgen@example.com"])
+    out = write_envelope(conn, "a@example.com", ["jürgen@example.com"])
     assert out.startswith(b"MAIL FROM:<a@example.com> SMTPUTF8\r\n")
     assert "RCPT TO:<jürgen@example.com>".encode() in out
 
@@ -747,11 +752,11 @@ def test_send_envelope_smtputf8_for_recipients() -> None:
 def test_send_envelope_argument_checks() -> None:
     conn = greeted(*FULL)
     with pytest.raises(LocalProtocolError, match="at least one"):
-        conn.send_envelope("a@example.com", [])
+        write_envelope(conn, "a@example.com", [])
     with pytest.raises(LocalProtocolError, match="sequence"):
-        conn.send_envelope("a@example.com", "b@example.com")
+        write_envelope(conn, "a@example.com", "b@example.com")
     with pytest.raises(LocalProtocolError, match="one entry per"):
-        conn.send_envelope("a@example.com", ["b@example.com"], rcpt_params=[None, None])
+        write_envelope(conn, "a@example.com", ["b@example.com"], rcpt_params=[None, None])
 
 
 # --- STARTTLS -----------------------------------------------------------------------------
@@ -795,7 +800,7 @@ def test_lmtp_one_reply_per_recipient() -> None:
     [event] = answer(conn, ehlo_reply("PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME"))
     assert isinstance(event, Response) and event.command is C.LHLO
     assert event.extensions is not None and event.extensions.pipelining
-    conn.send_envelope("a@example.com", ["b@example.com", "c@example.com", "d@example.com"])
+    write_envelope(conn, "a@example.com", ["b@example.com", "c@example.com", "d@example.com"])
     answer(conn, b"250 OK\r\n250 OK\r\n550 5.1.1 no\r\n250 OK\r\n354 go\r\n")
     conn.send_message_data(b"hello\r\n")
     assert conn.outstanding == (C.END_OF_DATA,)
@@ -811,7 +816,7 @@ def test_lmtp_one_reply_per_recipient() -> None:
 def test_lmtp_bdat_pipelined() -> None:
     """The recipients are counted when the first reply to BDAT LAST arrives, not when sent."""
     conn = greeted("PIPELINING", "CHUNKING", lmtp=True)
-    out = conn.send_envelope("a@example.com", ["b@example.com", "c@example.com"], data=False)
+    out = write_envelope(conn, "a@example.com", ["b@example.com", "c@example.com"], data=False)
     out += conn.bdat(b"hello\r\n", last=True)
     assert out.endswith(b"BDAT 7 LAST\r\nhello\r\n")
     events = answer(conn, b"250 OK\r\n550 no\r\n250 OK\r\n250 c delivered\r\n")
@@ -864,7 +869,7 @@ def test_bdat_refused_ends_the_transaction() -> None:
 
 def test_bdat_pipelined_chunks() -> None:
     conn = greeted(*FULL)
-    out = conn.send_envelope("a@example.com", ["b@example.com"], data=False)
+    out = write_envelope(conn, "a@example.com", ["b@example.com"], data=False)
     out += conn.bdat(b"aa") + conn.bdat(b"bb", last=True)
     assert out.endswith(b"BDAT 2\r\naaBDAT 2 LAST\r\nbb")
     answer(conn, b"250 OK\r\n250 OK\r\n250 OK\r\n250 OK\r\n")
@@ -985,9 +990,30 @@ def test_null_reverse_path() -> None:
 
 
 def test_non_ascii_sender_adds_smtputf8() -> None:
+    """Deprecated (a session-level choice): one more release, then the engine refuses it."""
     conn = greeted(*FULL)
-    out = conn.mail("jürgen@example.com")
+    with pytest.warns(DeprecationWarning, match="MailParams\\(smtputf8=True\\)"):
+        out = conn.mail("jürgen@example.com")
     assert out == "MAIL FROM:<jürgen@example.com> SMTPUTF8\r\n".encode()
+    declared = greeted(*FULL).mail("jürgen@example.com", MailParams(smtputf8=True))
+    assert declared == out
+
+
+def test_deprecated_envelope_methods_delegate() -> None:
+    """ClientConnection.send_envelope and mail_params_for moved to the session layer; the old
+    names still work for one release, warn, and write exactly what the new ones write."""
+    old, new = greeted(*FULL), greeted(*FULL)
+    args = ("a@example.com", ["jürgen@example.com"], MailParams(ret="HDRS"))
+    with pytest.warns(DeprecationWarning, match=r"ClientSession\.write_envelope"):
+        written = old.send_envelope(*args, content=b"caf\xc3\xa9", data=False)
+    assert written == write_envelope(new, *args, content=b"caf\xc3\xa9", data=False)
+    assert written.startswith(b"MAIL FROM:<a@example.com> SIZE=5 BODY=8BITMIME SMTPUTF8 RET=HDRS")
+    assert old.outstanding == new.outstanding == (C.MAIL, C.RCPT)
+    with pytest.warns(DeprecationWarning, match=r"ClientSession\.mail_params_for"):
+        params = old.mail_params_for(b"x", "a@example.com")
+    assert params == mail_params_for(old.extensions, b"x", "a@example.com") == MailParams(size=1)
+    with pytest.warns(DeprecationWarning), pytest.raises(LocalProtocolError, match="8BITMIME"):
+        greeted("PIPELINING").send_envelope("a@example.com", ["b@example.com"], content=b"\xff")
 
 
 RCPT_PARAMS = [
@@ -1018,32 +1044,32 @@ def test_rcpt_params(params: RcptParams, suffix: bytes) -> None:
 
 def test_mail_params_for() -> None:
     conn = greeted(*FULL)
-    assert conn.mail_params_for(b"plain\r\n", "a@example.com") == MailParams(size=7)
-    assert conn.mail_params_for(b"caf\xc3\xa9", "a@example.com") == MailParams(
+    assert mail_params_for(conn.extensions, b"plain\r\n", "a@example.com") == MailParams(size=7)
+    assert mail_params_for(conn.extensions, b"caf\xc3\xa9", "a@example.com") == MailParams(
         size=5, body="8BITMIME"
     )
-    assert conn.mail_params_for(b"x", "a@example.com", ["ü@example.com"]) == MailParams(
+    assert mail_params_for(conn.extensions, b"x", "a@example.com", ["ü@example.com"]) == MailParams(
         size=1, smtputf8=True
     )
     kept = MailParams(size=99, body="BINARYMIME", ret="FULL")
-    assert conn.mail_params_for(b"\xff", "a@example.com", (), kept) == kept
-    assert greeted().mail_params_for(b"plain", "a@example.com") == MailParams()
+    assert mail_params_for(conn.extensions, b"\xff", "a@example.com", (), kept) == kept
+    assert mail_params_for(greeted().extensions, b"plain", "a@example.com") == MailParams()
 
 
 def test_mail_params_for_refuses() -> None:
     conn = greeted("PIPELINING")
     with pytest.raises(LocalProtocolError, match="8BITMIME"):
-        conn.mail_params_for(b"caf\xc3\xa9", "a@example.com")
+        mail_params_for(conn.extensions, b"caf\xc3\xa9", "a@example.com")
     with pytest.raises(LocalProtocolError, match="SMTPUTF8"):
-        conn.mail_params_for(b"x", "a@example.com", ["ü@example.com"])
+        mail_params_for(conn.extensions, b"x", "a@example.com", ["ü@example.com"])
     with pytest.raises(LocalProtocolError, match="8BITMIME"):
-        conn.send_envelope("a@example.com", ["b@example.com"], content=b"\xff")
+        write_envelope(conn, "a@example.com", ["b@example.com"], content=b"\xff")
     assert conn.outstanding == ()
 
 
 def test_8bit_content_declared_by_send_envelope() -> None:
     conn = greeted(*FULL)
-    out = conn.send_envelope("a@example.com", ["b@example.com"], content=b"caf\xc3\xa9\r\n")
+    out = write_envelope(conn, "a@example.com", ["b@example.com"], content=b"caf\xc3\xa9\r\n")
     assert out.startswith(b"MAIL FROM:<a@example.com> SIZE=7 BODY=8BITMIME\r\n")
     answer(conn, b"250 OK\r\n250 OK\r\n354 go\r\n")
     assert conn.send_message_data(b"caf\xc3\xa9\r\n") == b"caf\xc3\xa9\r\n.\r\n"
@@ -1101,7 +1127,7 @@ GUARDS: list[tuple[str, Callable[[], ClientConnection], Action, str]] = [
     (
         "send_envelope without pipelining",
         at_ready(*NO_PIPELINING),
-        lambda c: c.send_envelope("a@example.com", ["b@example.com"]),
+        lambda c: write_envelope(c, "a@example.com", ["b@example.com"]),
         "PIPELINING",
     ),
     ("STARTTLS not offered", at_ready(*without("STARTTLS")), lambda c: c.starttls(), "STARTTLS"),
@@ -1213,7 +1239,7 @@ GUARDS: list[tuple[str, Callable[[], ClientConnection], Action, str]] = [
     (
         "SIZE over the limit via content",
         at_ready(*FULL),
-        lambda c: c.send_envelope("a@example.com", ["b@example.com"], content=b"x" * 1000001),
+        lambda c: write_envelope(c, "a@example.com", ["b@example.com"], content=b"x" * 1000001),
         "exceeds",
     ),
     (

@@ -18,6 +18,7 @@ from smtp_core import (
     RecipientsRefused,
     SenderRefused,
     SMTPConnectionError,
+    SMTPNotSupported,
     SMTPRefused,
     SMTPTimeout,
     XOAuth2Client,
@@ -190,3 +191,36 @@ def test_refused_mail_forgets_the_last_recipients() -> None:
     with pytest.raises(SenderRefused):
         wire.run(session.send(MESSAGE))
     assert session.conn.accepted_recipients == ()
+
+
+UTF8_EHLO = b"250-mx.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
+
+
+@pytest.mark.filterwarnings("error::DeprecationWarning")
+def test_the_session_declares_smtputf8_itself() -> None:
+    """SMTPUTF8 for a non-ASCII address is the session's choice, in send() and in the step
+    mail(): the engine is handed a declared parameter and never has to add it (which it
+    still does, with a DeprecationWarning, for callers of the old engine API)."""
+    wire = Wire(b"220 mx\r\n", UTF8_EHLO, b"250 ok\r\n250 ok\r\n354 go\r\n", b"250 queued\r\n")
+    session = opened(wire)
+    message = OutgoingMessage("jörg@x.org", ("b@y.com",), b"Subject: t\r\n\r\nhi\r\n")
+    wire.run(session.send(message))
+    assert "MAIL FROM:<jörg@x.org> SMTPUTF8\r\n".encode() in wire.written
+    wire = Wire(b"220 mx\r\n", UTF8_EHLO, b"250 ok\r\n")
+    session = opened(wire)
+    assert wire.run(session.mail("jörg@x.org")).code == 250
+    assert wire.written.endswith("MAIL FROM:<jörg@x.org> SMTPUTF8\r\n".encode())
+
+
+def test_the_session_refuses_what_the_server_lacks() -> None:
+    """SIZE too small, no SMTPUTF8: SMTPNotSupported from the session, nothing written."""
+    wire = Wire(b"220 mx\r\n", b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 10\r\n")
+    session = opened(wire)
+    before = wire.written
+    with pytest.raises(SMTPNotSupported, match=r"larger than mx takes \(SIZE 10\)"):
+        wire.run(session.send(OutgoingMessage("a@x.org", ("b@y.com",), b"x" * 11)))
+    with pytest.raises(SMTPNotSupported, match="SMTPUTF8"):
+        wire.run(session.send(OutgoingMessage("jörg@x.org", ("b@y.com",), b"hi\r\n")))
+    with pytest.raises(SMTPNotSupported, match="SMTPUTF8"):
+        wire.run(session.mail("jörg@x.org"))
+    assert wire.written == before
