@@ -148,13 +148,15 @@ MOVED_TO_ADAPTER = {
     *("ClientBase", "ClientStep", "Steps", "Read", "Write", "WrapTLS", "address_literal"),
     *("Admitted", "Ticket", "TurnedAway", "describe_tls_failure"),
 }
+#: what smtp_core.adapter holds: the moved names and the transcript player's helpers
+ADAPTER_NAMES = MOVED_TO_ADAPTER | {"check_reply", "script_steps", "TranscriptReplies"}
 
 
 def test_the_adapter_module_holds_the_moved_names_and_the_player_helpers() -> None:
     import smtp_core
     import smtp_core.adapter
 
-    assert set(smtp_core.adapter.__all__) == MOVED_TO_ADAPTER | {"check_reply", "script_steps", "TranscriptReplies"}
+    assert set(smtp_core.adapter.__all__) == ADAPTER_NAMES
     assert MOVED_TO_ADAPTER.isdisjoint(smtp_core.__all__)
 
 
@@ -185,7 +187,7 @@ def test_a_missing_name_is_still_an_attribute_error() -> None:
 @pytest.mark.parametrize(
     ("module", "names"),
     [
-        ("smtp_core.adapter", MOVED_TO_ADAPTER | {"check_reply", "script_steps", "TranscriptReplies"}),
+        ("smtp_core.adapter", ADAPTER_NAMES),
         ("smtp_sync.adapter", {"SpoolFile", "call_arguments", "is_async_callable"}),
         ("smtp_sync.auth_file", {"AuthFilePolicy", "hash_password", "load_auth_file"}),
     ],
