@@ -526,3 +526,20 @@ def test_transactions_ended_in_every_way(
         conn.send(reply)
     assert conn.transactions_ended == ended
     assert conn.in_transaction is open_after
+
+
+def test_state_diagram_in_the_docs_is_drawn_from_the_tables() -> None:
+    """docs/engine.md shows docs/state_diagram.py's output; after changing a table, run
+    ``python docs/state_diagram.py --write``."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "docs" / "state_diagram.py"
+    spec = importlib.util.spec_from_file_location("state_diagram", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = module.PAGE.read_text(encoding="utf-8")
+    assert module.current(page) == module.block()
+    for state in ServerState:
+        assert state.name in module.diagram()
