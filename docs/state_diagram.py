@@ -45,6 +45,8 @@ def diagram() -> str:
     for state in ServerState:
         for table, positive in ((ON_POSITIVE, True), (ON_NEGATIVE, False)):
             for pending, after in table.get(state, {}).items():
+                if after is ServerState.CLOSED:  # QUIT: in the note, not an arrow from each
+                    continue
                 label = edges.setdefault((state, after), {})
                 label.setdefault(COMMAND[pending], set()).add(positive)
         for signal, moves in ON_SIGNAL.items():

@@ -64,7 +64,6 @@ P = Pending
 SASL_LINE_LIMIT = 12288  # RFC 4954 §4: AUTH lines and responses may be this long
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is tolerated between words
 _BDAT = re.compile(r"([0-9]{1,20})(?: +(LAST))? *", re.IGNORECASE)
-_BDAT_STATES = frozenset({S.RCPT, S.CHUNKING})  # where a BDAT chunk belongs to a message
 
 # Room each extension adds to the 512-octet command line (RFC 1870 §4, 3461 §4.1, 4954 §5,
 # 6531 §3.4, 6152, 8689), so a full MAIL or RCPT line always fits.
@@ -423,7 +422,9 @@ class ServerConnection:
         self._bdat_line = line
         if not self.config.chunking:
             self._bdat_refusal = R_NOT_OFFERED
-        elif self._machine.state in _BDAT_STATES:
+        elif "BDAT" not in ACCEPTS[self._machine.state]:  # Rule 4, once its chunk is read
+            self._bdat_refusal = REFUSALS[self._machine.state]["BDAT"]
+        else:
             # The size is declared up front, so an oversize chunk is refused before it is read.
             self._message_size += size
             limit = self.config.max_message_size
@@ -541,8 +542,7 @@ class ServerConnection:
                 return self._closed() if self._eof else NEED_DATA
             take = min(left, len(buf))
             self._bdat_left = left - take
-            refused = self._bdat_refusal is not None or self._machine.state not in _BDAT_STATES
-            if refused or self._reject is not None:
+            if self._bdat_refusal is not None or self._reject is not None:
                 del buf[:take]
                 return self._read_bdat()
             with memoryview(buf) as view:
@@ -555,9 +555,6 @@ class ServerConnection:
         self._bdat_left = None
         refusal = self._bdat_refusal
         self._bdat_refusal = None
-        state = self._machine.state
-        if refusal is None and state not in _BDAT_STATES:
-            refusal = REFUSALS[state]["BDAT"]
         if refusal is not None:
             return self._refuse(self._bdat_line, refusal)
         last = self._bdat_last

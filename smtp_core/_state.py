@@ -4,7 +4,7 @@ Rule 1: the engine emits at most one event that needs a reply at a time; until t
 sends that reply (``Pending`` says what it answers), ``next_event()`` returns PAUSED.
 Rule 2: a positive reply moves the state as ON_POSITIVE says; a negative reply leaves it alone
 unless ON_NEGATIVE says otherwise (a refused BDAT chunk ends the transaction, for instance).
-Rule 3: a 221 to QUIT, or a 421 at any time, closes the session.
+Rule 3: a 221 to QUIT (ON_POSITIVE), or a 421 at any time (Signal.CLOSED), closes the session.
 Rule 4: a command not in ACCEPTS for the current state is refused before it reaches the
 application with the reply REFUSALS names for that pair (503, or whatever the RFC asks for),
 with its bytes still consumed.
@@ -137,8 +137,8 @@ REFUSALS: dict[ServerState, dict[str, Reply]] = {
 
 ON_POSITIVE: dict[ServerState, dict[Pending, ServerState]] = {
     S.GREETING: {P.GREETING: S.INITIAL},
-    S.REFUSED: {},
-    S.INITIAL: {P.HELLO: S.READY, P.STARTTLS: S.INITIAL},
+    S.REFUSED: {P.QUIT: S.CLOSED},
+    S.INITIAL: {P.HELLO: S.READY, P.STARTTLS: S.INITIAL, P.QUIT: S.CLOSED},
     S.READY: {
         P.HELLO: S.READY,
         P.MAIL: S.MAIL,
@@ -146,8 +146,9 @@ ON_POSITIVE: dict[ServerState, dict[Pending, ServerState]] = {
         P.AUTH_CHALLENGE: S.AUTH,
         P.AUTH_CREDENTIALS: S.READY,
         P.STARTTLS: S.INITIAL,  # RFC 3207 §4.2: forget the client's HELO, start over
+        P.QUIT: S.CLOSED,
     },
-    S.MAIL: {P.HELLO: S.READY, P.RCPT: S.RCPT, P.RESET: S.READY},
+    S.MAIL: {P.HELLO: S.READY, P.RCPT: S.RCPT, P.RESET: S.READY, P.QUIT: S.CLOSED},
     S.RCPT: {
         P.HELLO: S.READY,
         P.RCPT: S.RCPT,
@@ -155,8 +156,15 @@ ON_POSITIVE: dict[ServerState, dict[Pending, ServerState]] = {
         P.BDAT: S.CHUNKING,
         P.BDAT_LAST: S.READY,
         P.RESET: S.READY,
+        P.QUIT: S.CLOSED,
     },
-    S.CHUNKING: {P.HELLO: S.READY, P.BDAT: S.CHUNKING, P.BDAT_LAST: S.READY, P.RESET: S.READY},
+    S.CHUNKING: {
+        P.HELLO: S.READY,
+        P.BDAT: S.CHUNKING,
+        P.BDAT_LAST: S.READY,
+        P.RESET: S.READY,
+        P.QUIT: S.CLOSED,
+    },
     S.DATA: {P.END_OF_DATA: S.READY},
     S.AUTH: {P.AUTH_CHALLENGE: S.AUTH, P.AUTH_CREDENTIALS: S.READY},
 }
@@ -212,8 +220,6 @@ def is_positive(pending: Pending, code: int) -> bool:
 
 def next_state(state: ServerState, pending: Pending, positive: bool) -> ServerState:
     """Rules 2 and 3: where a reply to ``pending`` in ``state`` leads."""
-    if pending is P.QUIT:
-        return S.CLOSED
     table = ON_POSITIVE if positive else ON_NEGATIVE
     return table.get(state, {}).get(pending, state)
 
