@@ -247,7 +247,8 @@ class ServerMachine:
         assert pending is not None
         self.pending = None
         before = self.state
-        after = self.state = next_state(before, pending, positive)
+        moves = (ON_POSITIVE if positive else ON_NEGATIVE).get(before)  # next_state, inlined:
+        after = self.state = before if moves is None else moves.get(pending, before)  # hot path
         if after is S.READY and before in TRANSACTION_STATES:
             self.transactions_ended += 1
             return True
