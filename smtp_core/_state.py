@@ -38,7 +38,6 @@ __all__ = [
     "ServerState",
     "Signal",
     "is_positive",
-    "next_state",
 ]
 
 
@@ -218,12 +217,6 @@ def is_positive(pending: Pending, code: int) -> bool:
     raise LocalProtocolError(f"reply {code} does not answer {pending.name}")
 
 
-def next_state(state: ServerState, pending: Pending, positive: bool) -> ServerState:
-    """Rules 2 and 3: where a reply to ``pending`` in ``state`` leads."""
-    table = ON_POSITIVE if positive else ON_NEGATIVE
-    return table.get(state, {}).get(pending, state)
-
-
 class ServerMachine:
     """The server's state, the reply it waits for and the transactions it ended: the only
     code that changes them, each change by one of the rules above (h11's ConnectionState)."""
@@ -247,8 +240,8 @@ class ServerMachine:
         assert pending is not None
         self.pending = None
         before = self.state
-        moves = (ON_POSITIVE if positive else ON_NEGATIVE).get(before)  # next_state, inlined:
-        after = self.state = before if moves is None else moves.get(pending, before)  # hot path
+        moves = (ON_POSITIVE if positive else ON_NEGATIVE).get(before)
+        after = self.state = before if moves is None else moves.get(pending, before)
         if after is S.READY and before in TRANSACTION_STATES:
             self.transactions_ended += 1
             return True
