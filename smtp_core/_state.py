@@ -104,12 +104,11 @@ def _r(code: int, text: str) -> Reply:
     return Reply(code, text, "5.5.1")
 
 
-R_SEQUENCE = _r(503, "Bad sequence of commands")
 R_HELLO_FIRST = _r(503, "Send HELO/EHLO first")
 R_MAIL_FIRST = _r(503, "Need MAIL command first")
 R_NESTED_MAIL = _r(503, "Nested MAIL command")
 R_NO_RECIPIENTS = _r(554, "No valid recipients")  # RFC 5321 §3.3: DATA without a recipient
-R_IN_TRANSACTION = _r(503, "Not allowed during a mail transaction")  # RFC 4954 §4, 3207 §4
+R_IN_TRANSACTION = _r(503, "Not allowed during a mail transaction")  # AUTH: RFC 4954 §4
 R_AFTER_BDAT = _r(503, "A BDAT transaction is open: send BDAT ... LAST or RSET first")
 R_REFUSED = _r(503, "Service refused: only QUIT is allowed")  # RFC 5321 §3.1
 
