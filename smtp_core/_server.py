@@ -45,7 +45,16 @@ from ._events import (
 from ._params import ParamError, parse_mail_params, parse_rcpt_params
 from ._proxy import ProxyError, parse_proxy_header
 from ._sasl import SaslError, ServerMechanism
-from ._state import ACCEPTS, Pending, ServerState, is_positive, next_state
+from ._state import (
+    ACCEPTS,
+    REFUSALS,
+    TRANSACTION_STATES,
+    Pending,
+    ServerMachine,
+    ServerState,
+    Signal,
+    is_positive,
+)
 
 __all__ = ["ServerConnection"]
 
@@ -79,15 +88,7 @@ R_SYNTAX = _r(500, "Syntax error: control characters or invalid UTF-8", "5.5.2")
 R_BARE_LF = _r(500, "Bare <LF> received: commands must end with <CR><LF>", "5.5.2")
 R_NO_ARGS = _r(501, "Syntax error: no arguments allowed", "5.5.4")
 R_NOT_OFFERED = _r(502, "Command not implemented", "5.5.1")
-R_SEQUENCE = _r(503, "Bad sequence of commands", "5.5.1")
-R_HELLO_FIRST = _r(503, "Send HELO/EHLO first", "5.5.1")
 R_EHLO_FIRST = _r(503, "Send EHLO first", "5.5.1")
-R_MAIL_FIRST = _r(503, "Need MAIL command first", "5.5.1")
-R_NESTED_MAIL = _r(503, "Nested MAIL command", "5.5.1")
-R_NO_RECIPIENTS = _r(554, "No valid recipients", "5.5.1")
-R_IN_TRANSACTION = _r(503, "Not allowed during a mail transaction", "5.5.1")
-R_AFTER_BDAT = _r(503, "A BDAT transaction is open: send BDAT ... LAST or RSET first", "5.5.1")
-R_REFUSED = _r(503, "Service refused: only QUIT is allowed", "5.5.1")
 R_BINARY_NEEDS_BDAT = _r(503, "BODY=BINARYMIME needs BDAT, not DATA", "5.5.1")
 R_TLS_ACTIVE = _r(503, "TLS already active", "5.5.1")
 R_AUTH_TWICE = _r(503, "Already authenticated", "5.5.1")
@@ -170,8 +171,7 @@ class ServerConnection:
         self._skipping = False  # inside an over-long line, dropping bytes up to its LF
         self._skipped_head = b""  # the start of that line, for the InvalidCommand event
         self._eof = False
-        self._state = S.PROXY if proxy_protocol else S.GREETING
-        self._pending: Pending | None = None if proxy_protocol else P.GREETING
+        self._machine = ServerMachine(proxy_protocol=proxy_protocol)  # state: only through it
         self._pending_count = 0  # LMTP: replies still due after the end of data
         self._reject: Reply | None = None  # the pending reply must not be positive
         self._command_limit = _command_limit(self.config)
@@ -198,7 +198,7 @@ class ServerConnection:
 
     @property
     def state(self) -> ServerState:
-        return self._state
+        return self._machine.state
 
     @property
     def tls_active(self) -> bool:
@@ -219,20 +219,32 @@ class ServerConnection:
         return self._recipients
 
     @property
+    def in_transaction(self) -> bool:
+        """A mail transaction is open: MAIL was accepted and its end has not come yet."""
+        return self._machine.state in TRANSACTION_STATES
+
+    @property
+    def transactions_ended(self) -> int:
+        """How many mail transactions have ended with the connection still open (end of data,
+        RSET, HELO/EHLO, a refused BDAT chunk): the signal to forget an envelope."""
+        return self._machine.transactions_ended
+
+    @property
     def pending_replies(self) -> int:
         """How many replies the engine waits for now (LMTP: one per recipient after data)."""
-        if self._pending is None:
+        if self._machine.pending is None:
             return 0
         return max(self._pending_count, 1)
 
     @property
     def timeout(self) -> float:
         """Seconds to wait for the peer in this state (RFC 5321 §4.5.3.2); the adapter enforces."""
-        if self._state is S.PROXY:
+        state = self._machine.state
+        if state is S.PROXY:
             return self.config.proxy_timeout
-        if self._state is S.DATA or self._bdat_left is not None:
+        if state is S.DATA or self._bdat_left is not None:
             return self.config.data_timeout
-        if self._state is S.INITIAL or self._state is S.REFUSED:  # no hello yet
+        if state is S.INITIAL or state is S.REFUSED:  # no hello yet
             return min(self.config.first_command_timeout, self.config.command_timeout)
         return self.config.command_timeout
 
@@ -243,17 +255,18 @@ class ServerConnection:
         if data:
             if self._eof:
                 raise LocalProtocolError("received data after EOF")
-            if self._state is not S.CLOSED:
+            if self._machine.state is not S.CLOSED:
                 self._buffer += data
         else:
             self._eof = True
 
     def next_event(self) -> Event | Sentinel:
         """The next event, NEED_DATA, or PAUSED while a reply is due."""
-        state = self._state
+        machine = self._machine
+        state = machine.state
         if state is S.CLOSED:
             return ConnectionClosed()
-        if self._pending is not None:
+        if machine.pending is not None:
             return PAUSED
         if self._bdat_left is not None:
             return self._read_bdat()
@@ -271,14 +284,15 @@ class ServerConnection:
         return self._command(line)
 
     def _closed(self) -> ConnectionClosed:
-        self._state = S.CLOSED
+        self._machine.signal(Signal.CLOSED)
         self._buffer.clear()
         return ConnectionClosed()
 
     def _next_line(self) -> bytes | InvalidCommand | None:
         """Cut the next line off the buffer, never holding more than the line limit."""
         buf = self._buffer
-        limit = self._line_limit if self._state is not S.AUTH else SASL_LINE_LIMIT
+        in_auth = self._machine.state is S.AUTH
+        limit = SASL_LINE_LIMIT if in_auth else self._line_limit
         lf = buf.find(b"\n", self._scanned)
         if lf < 0:
             if self._skipping:
@@ -297,7 +311,7 @@ class ServerConnection:
             head = self._skipped_head if self._skipping else bytes(buf[:64])
             self._skipping = False
             del buf[: lf + 1]
-            reply = R_AUTH_LINE_TOO_LONG if self._state is S.AUTH else R_LINE_TOO_LONG
+            reply = R_AUTH_LINE_TOO_LONG if in_auth else R_LINE_TOO_LONG
             return InvalidCommand(head, reply)
         if lf and buf[lf - 1] == 13:
             line = bytes(buf[: lf - 1])
@@ -311,11 +325,11 @@ class ServerConnection:
         return line
 
     def _refuse(self, line: bytes, reply: Reply) -> InvalidCommand:
-        self._pending = P.INVALID
+        self._machine.expect(P.INVALID)
         return InvalidCommand(line, reply)
 
     def _expect(self, pending: Pending, event: Event) -> Event:
-        self._pending = pending
+        self._machine.expect(pending)
         return event
 
     # --- commands ---------------------------------------------------------------------------
@@ -338,27 +352,10 @@ class ServerConnection:
             return self._refuse(line[:64], R_LINE_TOO_LONG)
         if verb == "BDAT":  # its chunk follows, so it is read even when it will be refused
             return self._bdat_cmd(arg.strip(" "), line)
-        if verb not in ACCEPTS[self._state]:
-            return self._refuse(line, self._out_of_sequence(verb))
+        state = self._machine.state
+        if verb not in ACCEPTS[state]:
+            return self._refuse(line, REFUSALS[state][verb])  # Rule 4
         return handler(self, arg.strip(" "), line)
-
-    def _out_of_sequence(self, verb: str) -> Reply:
-        state = self._state
-        if state is S.REFUSED:
-            return R_REFUSED
-        if state is S.INITIAL:
-            return R_HELLO_FIRST
-        if state is S.CHUNKING:
-            return R_AFTER_BDAT
-        if verb == "MAIL":
-            return R_NESTED_MAIL
-        if verb in ("RCPT", "DATA", "BDAT") and state is S.READY:
-            return R_MAIL_FIRST
-        if verb in ("DATA", "BDAT") and state is S.MAIL:
-            return R_NO_RECIPIENTS
-        if verb in ("AUTH", "STARTTLS"):
-            return R_IN_TRANSACTION
-        return R_SEQUENCE
 
     def _hello_cmd(self, arg: str, line: bytes) -> Event:
         if not arg:
@@ -417,7 +414,7 @@ class ServerConnection:
         match = _BDAT.fullmatch(arg)
         if match is None:
             # Without a size the chunk's end is unknown: the rest of the stream cannot be parsed.
-            self._state = S.CLOSED
+            self._machine.signal(Signal.CLOSED)
             raise RemoteProtocolError("BDAT without a valid size", R_BDAT_SYNTAX)
         size = int(match[1])
         self._bdat_left = size
@@ -425,7 +422,9 @@ class ServerConnection:
         self._bdat_line = line
         if not self.config.chunking:
             self._bdat_refusal = R_NOT_OFFERED
-        elif self._state in (S.RCPT, S.CHUNKING):
+        elif "BDAT" not in ACCEPTS[self._machine.state]:  # Rule 4, once its chunk is read
+            self._bdat_refusal = REFUSALS[self._machine.state]["BDAT"]
+        else:
             # The size is declared up front, so an oversize chunk is refused before it is read.
             self._message_size += size
             limit = self.config.max_message_size
@@ -543,8 +542,7 @@ class ServerConnection:
                 return self._closed() if self._eof else NEED_DATA
             take = min(left, len(buf))
             self._bdat_left = left - take
-            refused = self._bdat_refusal is not None or self._state not in (S.RCPT, S.CHUNKING)
-            if refused or self._reject is not None:
+            if self._bdat_refusal is not None or self._reject is not None:
                 del buf[:take]
                 return self._read_bdat()
             with memoryview(buf) as view:
@@ -557,8 +555,6 @@ class ServerConnection:
         self._bdat_left = None
         refusal = self._bdat_refusal
         self._bdat_refusal = None
-        if refusal is None and self._state not in (S.RCPT, S.CHUNKING):
-            refusal = self._out_of_sequence("BDAT")
         if refusal is not None:
             return self._refuse(self._bdat_line, refusal)
         last = self._bdat_last
@@ -577,14 +573,13 @@ class ServerConnection:
         try:
             parsed = parse_proxy_header(self._buffer)
         except ProxyError as exc:
-            self._state = S.CLOSED
+            self._machine.signal(Signal.CLOSED)
             raise RemoteProtocolError(f"malformed PROXY header: {exc}", None) from None
         if parsed is None:
             return self._closed() if self._eof else NEED_DATA
         header, consumed = parsed
         del self._buffer[:consumed]
-        self._state = S.GREETING
-        self._pending = P.GREETING
+        self._machine.signal(Signal.PROXY_HEADER)
         return header
 
     # --- replies in, bytes out --------------------------------------------------------------
@@ -595,16 +590,16 @@ class ServerConnection:
         A 421 may be sent at any time (timeout, shutdown) and closes the session.
         """
         data = _format(reply, self.config.enhanced_status_codes)
-        pending = self._pending
+        machine = self._machine
+        pending = machine.pending
         if reply.code == 421:
-            self._pending = None
-            self._state = S.CLOSED
+            machine.signal(Signal.CLOSED)  # Rule 3
             return data
         if pending is None:
-            if self._state is S.CLOSED and reply.code >= 400:
+            if machine.state is S.CLOSED and reply.code >= 400:
                 return data  # the reply_hint of a RemoteProtocolError, before closing
             raise LocalProtocolError(
-                f"no command is waiting for a reply (state {self._state.name})"
+                f"no command is waiting for a reply (state {machine.state.name})"
             )
         positive = is_positive(pending, reply.code)
         if (
@@ -617,13 +612,13 @@ class ServerConnection:
             self._pending_count -= 1
             return data
         self._pending_count = 0
-        self._pending = None
-        before = self._state
-        self._state = next_state(before, pending, positive)
+        ended = machine.answer(positive)
         if positive:
             self._accepted(pending)
-        if (self._state is S.READY and before is not S.READY) or (pending is P.HELLO and positive):
+        if ended:  # Rule 6
             self._end_transaction()
+        if self._mechanism is not None and machine.state is not S.AUTH:
+            self._mechanism = None  # the SASL exchange is over (it may hold a user name)
         if pending is P.STARTTLS and positive:
             self.plaintext_discarded = len(self._buffer)
             self._buffer.clear()  # RFC 3207 §4.2 / CVE-2011-0411: nothing sent before TLS counts
@@ -657,7 +652,6 @@ class ServerConnection:
         self._message_size = 0
         self._reader = None
         self._reject = None
-        self._mechanism = None
 
 
 def _decode_base64(text: str) -> bytes | None:

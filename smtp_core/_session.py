@@ -44,7 +44,6 @@ from ._events import (
     RcptParams,
     RcptTo,
     Reply,
-    Reset,
     Sentinel,
     StartData,
     StartTLS,
@@ -99,9 +98,6 @@ R_TOO_MANY_AUTH_FAILURES = Reply(421, "Too many failed logins, closing connectio
 R_AUTH_LOCKED_OUT = Reply(421, "Too many failed logins from your address, try again later", "4.7.0")
 R_ACCEPTED = Reply(250, "OK: message accepted", "2.0.0")
 R_TIMEOUT = Reply(421, "Timeout, closing connection", "4.4.2")
-_TRANSACTION_STATES = frozenset(
-    {ServerState.MAIL, ServerState.RCPT, ServerState.DATA, ServerState.CHUNKING}
-)
 
 
 class Reject(Exception):
@@ -448,7 +444,7 @@ class Session:
     @property
     def in_transaction(self) -> bool:
         """A MAIL transaction is open: a graceful stop lets it finish first."""
-        return self.conn.state in _TRANSACTION_STATES
+        return self.conn.in_transaction
 
     def drop(self) -> list[Action]:
         """The connection is over, however it ended (our Close, a failed write, an error, a
@@ -539,6 +535,7 @@ class Session:
         # are answered right here, without a generator per event; the rest go to _handle.
         conn = self.conn
         threshold = self.policy.spool_threshold
+        ended = conn.transactions_ended
         while True:
             try:
                 event = conn.next_event()
@@ -570,6 +567,11 @@ class Session:
                 return
             else:
                 yield from self._handle(event)
+            if conn.transactions_ended != ended:  # the engine ended the transaction: so do we
+                ended = conn.transactions_ended
+                self._reset_transaction()
+                if self._steps:  # begun but not delivered (RSET, EHLO, refused content...)
+                    yield from self._end_steps()
             if conn.state is ServerState.CLOSED:
                 return
 
@@ -601,9 +603,6 @@ class Session:
                 self.info = attrs.evolve(
                     self.info, helo=event.name, extended=event.extended, lmtp=event.lmtp
                 )
-                self._reset_transaction()
-                if self._steps:
-                    yield from self._end_steps()
         elif isinstance(event, RcptTo):
             yield from self._rcpt_to(event)
         elif isinstance(event, (EndOfData, BdatChunk)):
@@ -616,14 +615,9 @@ class Session:
             yield from self._start_tls(event)
         elif isinstance(event, InvalidCommand):
             self._invalid(event)
-        elif isinstance(event, Reset):
-            self._reply(event.default_reply)
-            self._reset_transaction()
-            if self._steps:
-                yield from self._end_steps()
         elif isinstance(event, (ProxyHeader, ConnectionClosed, DataChunk, MailFrom)):
             raise AssertionError(f"{event!r} is handled by the conversation itself")
-        else:  # Verify, Expand, Help, AuthChallenge, Quit
+        else:  # Verify, Expand, Help, Reset, Quit
             self._reply(event.default_reply)
 
     def _mail_from(self, event: MailFrom) -> None:
@@ -631,7 +625,6 @@ class Session:
             self._reply(R_AUTH_REQUIRED)
             return
         self._reply(event.default_reply)
-        self._reset_transaction()
         self._mail = event
         if log.isEnabledFor(logging.INFO):  # the adapter's clock: the session reads none
             self._mail_at = self._clock()
@@ -765,10 +758,6 @@ class Session:
     def _end_of_data(self, event: EndOfData | BdatChunk) -> Generator[_Question, object, None]:
         if isinstance(event, BdatChunk) and not event.last:
             self._reply(event.default_reply)  # one reply per chunk, LMTP too
-            if event.reject is not None:
-                self._reset_transaction()
-                if self._steps:
-                    yield from self._end_steps()
             return
         replies = [event.reject] * len(self._recipients) if event.reject else None
         if replies is None:
@@ -781,9 +770,6 @@ class Session:
             final = _combined(replies)
             self._reply(final)
         self._account(event.size, final, replies)
-        self._reset_transaction()
-        if self._steps:  # begun but not delivered: refused content, or no recipient accepted
-            yield from self._end_steps()
 
     def _account(self, size: int, final: Reply, replies: list[Reply]) -> None:
         """Count and log one finished transaction, in one line: sender, recipients, outcome,
@@ -973,9 +959,6 @@ class Session:
             return
         self.metrics.add(tls_handshakes=1)
         self.info = attrs.evolve(self.info, tls=tls, helo=None, auth_identity=None)
-        self._reset_transaction()
-        if self._steps:
-            yield from self._end_steps()
 
     def _invalid(self, event: InvalidCommand) -> None:
         self._errors += 1

@@ -4,9 +4,18 @@ Rule 1: the engine emits at most one event that needs a reply at a time; until t
 sends that reply (``Pending`` says what it answers), ``next_event()`` returns PAUSED.
 Rule 2: a positive reply moves the state as ON_POSITIVE says; a negative reply leaves it alone
 unless ON_NEGATIVE says otherwise (a refused BDAT chunk ends the transaction, for instance).
-Rule 3: a 221 to QUIT, or a 421 at any time, closes the session.
+Rule 3: a 221 to QUIT (ON_POSITIVE), or a 421 at any time (Signal.CLOSED), closes the session.
 Rule 4: a command not in ACCEPTS for the current state is refused before it reaches the
-application (503, or whatever the RFC asks for that pair), with its bytes still consumed.
+application with the reply REFUSALS names for that pair (503, or whatever the RFC asks for),
+with its bytes still consumed.
+Rule 5: what is not a reply moves the state only as ON_SIGNAL says: the PROXY header read,
+the connection closed (EOF, a 421, framing broken beyond recovery).
+Rule 6: a reply that leads from a transaction state (TRANSACTION_STATES) back to READY ends the
+mail transaction: end of data, RSET, a new HELO/EHLO, a refused BDAT chunk. The engine counts
+them (``transactions_ended``) so the session forgets its envelope exactly when the engine does.
+
+ServerMachine holds the state and carries out these rules; nothing else assigns a state
+(h11's discipline: a state changed outside this file is a state a reader cannot find).
 """
 
 from __future__ import annotations
@@ -14,15 +23,21 @@ from __future__ import annotations
 import enum
 
 from ._errors import LocalProtocolError
+from ._events import Reply
 
 __all__ = [
     "ACCEPTS",
     "ON_NEGATIVE",
     "ON_POSITIVE",
+    "ON_SIGNAL",
+    "REFUSALS",
+    "TRANSACTION_STATES",
+    "VERBS",
     "Pending",
+    "ServerMachine",
     "ServerState",
+    "Signal",
     "is_positive",
-    "next_state",
 ]
 
 
@@ -60,11 +75,20 @@ class Pending(enum.Enum):
     INVALID = "INVALID"  # an InvalidCommand: only 4xx/5xx
 
 
+class Signal(enum.Enum):
+    """What moves the state without being a reply (Rule 5)."""
+
+    PROXY_HEADER = "PROXY_HEADER"  #: the PROXY header was read: the greeting is due
+    CLOSED = "CLOSED"  #: EOF, a 421 sent, or framing broken beyond recovery
+
+
 S = ServerState
 P = Pending
 
 _ANYTIME = frozenset({"NOOP", "VRFY", "EXPN", "HELP", "QUIT", "RSET"})
 _HELLO = frozenset({"HELO", "EHLO", "LHLO"})
+#: every command verb the engine knows
+VERBS = _ANYTIME | _HELLO | {"MAIL", "RCPT", "DATA", "BDAT", "STARTTLS", "AUTH"}
 
 ACCEPTS: dict[ServerState, frozenset[str]] = {
     S.REFUSED: frozenset({"QUIT"}),
@@ -75,19 +99,54 @@ ACCEPTS: dict[ServerState, frozenset[str]] = {
     S.CHUNKING: _ANYTIME | _HELLO | {"BDAT"},
 }
 
+
+def _r(code: int, text: str) -> Reply:
+    return Reply(code, text, "5.5.1")
+
+
+R_HELLO_FIRST = _r(503, "Send HELO/EHLO first")
+R_MAIL_FIRST = _r(503, "Need MAIL command first")
+R_NESTED_MAIL = _r(503, "Nested MAIL command")
+R_NO_RECIPIENTS = _r(554, "No valid recipients")  # RFC 5321 §3.3: DATA without a recipient
+R_IN_TRANSACTION = _r(503, "Not allowed during a mail transaction")  # AUTH: RFC 4954 §4
+R_AFTER_BDAT = _r(503, "A BDAT transaction is open: send BDAT ... LAST or RSET first")
+R_REFUSED = _r(503, "Service refused: only QUIT is allowed")  # RFC 5321 §3.1
+
+
+def _all_but(state: ServerState, reply: Reply) -> dict[str, Reply]:
+    return dict.fromkeys(sorted(VERBS - ACCEPTS[state]), reply)
+
+
+#: Rule 4: the reply to each command a state does not accept (every other pair is in ACCEPTS).
+REFUSALS: dict[ServerState, dict[str, Reply]] = {
+    S.REFUSED: _all_but(S.REFUSED, R_REFUSED),
+    S.INITIAL: _all_but(S.INITIAL, R_HELLO_FIRST),
+    S.READY: {"RCPT": R_MAIL_FIRST, "DATA": R_MAIL_FIRST, "BDAT": R_MAIL_FIRST},
+    S.MAIL: {
+        "MAIL": R_NESTED_MAIL,
+        "DATA": R_NO_RECIPIENTS,
+        "BDAT": R_NO_RECIPIENTS,
+        "AUTH": R_IN_TRANSACTION,
+        "STARTTLS": R_IN_TRANSACTION,
+    },
+    S.RCPT: {"MAIL": R_NESTED_MAIL, "AUTH": R_IN_TRANSACTION, "STARTTLS": R_IN_TRANSACTION},
+    S.CHUNKING: _all_but(S.CHUNKING, R_AFTER_BDAT),
+}
+
 ON_POSITIVE: dict[ServerState, dict[Pending, ServerState]] = {
     S.GREETING: {P.GREETING: S.INITIAL},
-    S.REFUSED: {},
-    S.INITIAL: {P.HELLO: S.READY, P.STARTTLS: S.INITIAL},
+    S.REFUSED: {P.QUIT: S.CLOSED},
+    S.INITIAL: {P.HELLO: S.READY, P.STARTTLS: S.INITIAL, P.QUIT: S.CLOSED},
     S.READY: {
         P.HELLO: S.READY,
         P.MAIL: S.MAIL,
         P.RESET: S.READY,
         P.AUTH_CHALLENGE: S.AUTH,
         P.AUTH_CREDENTIALS: S.READY,
-        P.STARTTLS: S.INITIAL,
+        P.STARTTLS: S.INITIAL,  # RFC 3207 §4.2: forget the client's HELO, start over
+        P.QUIT: S.CLOSED,
     },
-    S.MAIL: {P.HELLO: S.READY, P.RCPT: S.RCPT, P.RESET: S.READY},
+    S.MAIL: {P.HELLO: S.READY, P.RCPT: S.RCPT, P.RESET: S.READY, P.QUIT: S.CLOSED},
     S.RCPT: {
         P.HELLO: S.READY,
         P.RCPT: S.RCPT,
@@ -95,8 +154,15 @@ ON_POSITIVE: dict[ServerState, dict[Pending, ServerState]] = {
         P.BDAT: S.CHUNKING,
         P.BDAT_LAST: S.READY,
         P.RESET: S.READY,
+        P.QUIT: S.CLOSED,
     },
-    S.CHUNKING: {P.HELLO: S.READY, P.BDAT: S.CHUNKING, P.BDAT_LAST: S.READY, P.RESET: S.READY},
+    S.CHUNKING: {
+        P.HELLO: S.READY,
+        P.BDAT: S.CHUNKING,
+        P.BDAT_LAST: S.READY,
+        P.RESET: S.READY,
+        P.QUIT: S.CLOSED,
+    },
     S.DATA: {P.END_OF_DATA: S.READY},
     S.AUTH: {P.AUTH_CHALLENGE: S.AUTH, P.AUTH_CREDENTIALS: S.READY},
 }
@@ -108,6 +174,15 @@ ON_NEGATIVE: dict[ServerState, dict[Pending, ServerState]] = {
     S.CHUNKING: {P.BDAT: S.READY, P.BDAT_LAST: S.READY},
     S.AUTH: {P.AUTH_CHALLENGE: S.READY, P.AUTH_CREDENTIALS: S.READY, P.INVALID: S.READY},
 }
+
+#: Rule 5: the states each signal may come in, and where it leads.
+ON_SIGNAL: dict[Signal, dict[ServerState, ServerState]] = {
+    Signal.PROXY_HEADER: {S.PROXY: S.GREETING},
+    Signal.CLOSED: dict.fromkeys(ServerState, S.CLOSED),
+}
+
+#: Rule 6: the states of an open mail transaction
+TRANSACTION_STATES = frozenset({S.MAIL, S.RCPT, S.DATA, S.CHUNKING})
 
 # The positive codes each pending command may get; any 4xx/5xx is a negative answer.
 _POSITIVE_CODES: dict[Pending, frozenset[int]] = {
@@ -141,9 +216,40 @@ def is_positive(pending: Pending, code: int) -> bool:
     raise LocalProtocolError(f"reply {code} does not answer {pending.name}")
 
 
-def next_state(state: ServerState, pending: Pending, positive: bool) -> ServerState:
-    """Rules 2 and 3: where a reply to ``pending`` in ``state`` leads."""
-    if pending is P.QUIT:
-        return S.CLOSED
-    table = ON_POSITIVE if positive else ON_NEGATIVE
-    return table.get(state, {}).get(pending, state)
+class ServerMachine:
+    """The server's state, the reply it waits for and the transactions it ended: the only
+    code that changes them, each change by one of the rules above (h11's ConnectionState)."""
+
+    __slots__ = ("pending", "state", "transactions_ended")
+
+    def __init__(self, *, proxy_protocol: bool) -> None:
+        self.state = S.PROXY if proxy_protocol else S.GREETING
+        #: what the reply the engine waits for answers (Rule 1); None: no reply is due
+        self.pending: Pending | None = None if proxy_protocol else P.GREETING
+        self.transactions_ended = 0  #: Rule 6
+
+    def expect(self, pending: Pending) -> None:
+        """Rule 1: an event that needs a reply went out; the next one waits for its answer."""
+        self.pending = pending
+
+    def answer(self, positive: bool) -> bool:
+        """Rules 2, 3 and 6: the pending command got its (last) reply; move the state.
+        True when that reply ended the mail transaction."""
+        pending = self.pending
+        assert pending is not None
+        self.pending = None
+        before = self.state
+        moves = (ON_POSITIVE if positive else ON_NEGATIVE).get(before)
+        after = self.state = before if moves is None else moves.get(pending, before)
+        if after is S.READY and before in TRANSACTION_STATES:
+            self.transactions_ended += 1
+            return True
+        return False
+
+    def signal(self, signal: Signal) -> None:
+        """Rule 5: a change that is not a reply; nothing is pending after it but a greeting."""
+        after = ON_SIGNAL[signal].get(self.state)
+        if after is None:
+            raise LocalProtocolError(f"{signal.name} cannot happen in state {self.state.name}")
+        self.state = after
+        self.pending = P.GREETING if after is S.GREETING else None

@@ -2,11 +2,17 @@
 
 The grids below are written by hand from RFC 5321 §4.1.4 / §3.1, RFC 3030, RFC 3207 and
 RFC 4954, not computed from the engine's tables; a test then checks that they agree with
-``ACCEPTS`` in smtp_core/_state.py, and that they cover every state and every verb, so a new
-state or command cannot slip in untested.
+``ACCEPTS`` and ``REFUSALS`` in smtp_core/_state.py, and that they cover every state and every
+verb, so a new state or command cannot slip in untested. The signals (PROXY header, close) and
+the end of a transaction, the other rules of that file, are walked below them.
 """
 
 from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +34,7 @@ from smtp_core import (
     ServerState,
 )
 from smtp_core._server import _COMMANDS
-from smtp_core._state import ACCEPTS
+from smtp_core._state import ACCEPTS, ON_SIGNAL, REFUSALS, VERBS, Signal
 
 S = ServerState
 # STARTTLS offered, AUTH offered over plaintext, so neither is refused for want of TLS.
@@ -372,3 +378,165 @@ def test_bdat_without_a_size_is_fatal_in_every_command_state(
     assert hint is not None and (hint.code, hint.enhanced) == (501, "5.5.4")
     assert conn.send(hint).startswith(b"501 5.5.4 ")
     assert isinstance(conn.next_event(), ConnectionClosed)
+
+
+# --- Rule 4: the refusals table, every (state, verb) pair -----------------------------------
+
+# The exact reply to each command a state refuses ("-": the state accepts the command).
+REFUSAL_TEXTS = {
+    "refused": "503 5.5.1 Service refused: only QUIT is allowed",
+    "hello": "503 5.5.1 Send HELO/EHLO first",
+    "mail": "503 5.5.1 Need MAIL command first",
+    "nested": "503 5.5.1 Nested MAIL command",
+    "no-rcpt": "554 5.5.1 No valid recipients",
+    "in-tx": "503 5.5.1 Not allowed during a mail transaction",
+    "bdat": "503 5.5.1 A BDAT transaction is open: send BDAT ... LAST or RSET first",
+}
+REFUSAL_GRID = """
+verb     | REFUSED | INITIAL | READY | MAIL    | RCPT   | CHUNKING
+HELO     | refused | -       | -     | -       | -      | -
+EHLO     | refused | -       | -     | -       | -      | -
+LHLO     | refused | -       | -     | -       | -      | -
+MAIL     | refused | hello   | -     | nested  | nested | bdat
+RCPT     | refused | hello   | mail  | -       | -      | bdat
+DATA     | refused | hello   | mail  | no-rcpt | -      | bdat
+BDAT     | refused | hello   | mail  | no-rcpt | -      | -
+RSET     | refused | -       | -     | -       | -      | -
+NOOP     | refused | -       | -     | -       | -      | -
+VRFY     | refused | -       | -     | -       | -      | -
+EXPN     | refused | -       | -     | -       | -      | -
+HELP     | refused | -       | -     | -       | -      | -
+QUIT     | -       | -       | -     | -       | -      | -
+STARTTLS | refused | -       | -     | in-tx   | in-tx  | bdat
+AUTH     | refused | hello   | -     | in-tx   | in-tx  | bdat
+"""
+REFUSAL_CELLS = parse_grid(REFUSAL_GRID)
+
+
+def test_refusal_grid_covers_every_command_state_and_verb() -> None:
+    assert {state for state, _ in REFUSAL_CELLS} == set(ACCEPTS) == set(REFUSALS)
+    assert {verb for _, verb in REFUSAL_CELLS} == VERBS == set(_COMMANDS)
+
+
+@pytest.mark.parametrize(
+    ("state", "verb"), list(REFUSAL_CELLS), ids=[f"{s.name}-{v}" for s, v in REFUSAL_CELLS]
+)
+def test_refusals_table_in_state(state: ServerState, verb: str) -> None:
+    """Each pair is either accepted or refused by the table, never both; a refused command gets
+    the table's reply, byte for byte, end to end (LHLO asked of an LMTP engine, where it is a
+    command at all)."""
+    name = REFUSAL_CELLS[state, verb]
+    refusal = REFUSALS[state].get(verb)
+    assert (verb in ACCEPTS[state]) == (name == "-") == (refusal is None)
+    if refusal is None:
+        return
+    conn = greeted(LMTP if verb == "LHLO" else SMTP, state)
+    event = command(conn, verb)
+    assert isinstance(event, InvalidCommand), event
+    assert event.default_reply == refusal
+    assert conn.send(event.default_reply) == REFUSAL_TEXTS[name].encode() + b"\r\n"
+    assert conn.state is state
+
+
+# --- Rule 5: what moves the state besides a reply -------------------------------------------
+
+
+@pytest.mark.parametrize("state", list(ServerState), ids=lambda s: s.name)
+def test_signals_in_state(state: ServerState) -> None:
+    """A PROXY header is read only in PROXY (then the greeting is due); the connection closes
+    from every state. A signal the table does not list for a state is the engine's own bug."""
+    assert ON_SIGNAL[Signal.CLOSED][state] is S.CLOSED
+    conn = _in_state(state)
+    machine = conn._machine
+    if state is S.PROXY:
+        machine.signal(Signal.PROXY_HEADER)
+        assert (conn.state, conn.pending_replies) == (S.GREETING, 1)
+    else:
+        assert state not in ON_SIGNAL[Signal.PROXY_HEADER]
+        with pytest.raises(LocalProtocolError):
+            machine.signal(Signal.PROXY_HEADER)
+        assert conn.state is state
+    machine.signal(Signal.CLOSED)
+    assert (conn.state, conn.pending_replies) == (S.CLOSED, 0)
+
+
+def test_only_the_state_module_assigns_a_state() -> None:
+    """h11's discipline: the engine reads its state and asks _state.py to move it; it never
+    assigns the state, what is pending or the transaction count itself."""
+    tree = ast.parse(inspect.getsource(inspect.getmodule(ServerConnection)))  # type: ignore[arg-type]
+    owned = {"state", "_state", "pending", "_pending", "transactions_ended"}
+    assigned = [
+        f"line {node.lineno}: .{target.attr}"
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign))
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Attribute) and target.attr in owned
+    ]
+    assert assigned == []
+
+
+# --- Rule 6: where a mail transaction ends ----------------------------------------------------
+
+TX = "EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n"
+
+# (id, bytes from the client, events answered 451 instead of their default reply, transactions
+# ended, a transaction still open afterwards)
+ENDINGS = [
+    ("end-of-data", TX + "DATA\r\nhi\r\n.\r\n", set(), 1, False),
+    ("end-of-data-refused", TX + "DATA\r\nhi\r\n.\r\n", {"EndOfData"}, 1, False),
+    ("bdat-last", TX + "BDAT 2 LAST\r\nhi", set(), 1, False),
+    ("bdat-last-refused", TX + "BDAT 2 LAST\r\nhi", {"BdatChunk"}, 1, False),
+    ("bdat-chunk", TX + "BDAT 2\r\nhi", set(), 0, True),
+    ("bdat-chunk-refused", TX + "BDAT 2\r\nhi", {"BdatChunk"}, 1, False),
+    ("rset", TX + "RSET\r\n", set(), 1, False),
+    ("rset-refused", TX + "RSET\r\n", {"Reset"}, 0, True),
+    ("rset-outside", "EHLO c\r\nRSET\r\n", set(), 0, False),
+    ("ehlo", TX + "EHLO again\r\n", set(), 1, False),
+    ("ehlo-refused", TX + "EHLO again\r\n", {"Hello"}, 0, True),
+    ("ehlo-outside", "EHLO c\r\nEHLO again\r\n", set(), 0, False),
+    ("mail-refused", "EHLO c\r\nMAIL FROM:<a@example.org>\r\n", {"MailFrom"}, 0, False),
+    ("rcpt-refused", TX, {"RcptTo"}, 0, True),
+    ("data-refused", TX + "DATA\r\n", {"StartData"}, 0, True),
+    ("refused-command", TX + "MAIL FROM:<c@example.org>\r\n", set(), 0, True),
+    ("starttls", "EHLO c\r\nSTARTTLS\r\n", set(), 0, False),
+    ("auth", "EHLO c\r\nAUTH PLAIN AGEAYg==\r\n", set(), 0, False),
+    ("two", TX + "DATA\r\nhi\r\n.\r\n" + TX[8:] + "BDAT 1 LAST\r\nx", set(), 2, False),
+    ("quit", TX + "QUIT\r\n", set(), 0, False),  # the connection's end ends everything
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "refuse", "ended", "open_after"), [e[1:] for e in ENDINGS], ids=[e[0] for e in ENDINGS]
+)
+def test_transactions_ended_in_every_way(
+    data: str, refuse: set[str], ended: int, open_after: bool
+) -> None:
+    """The engine counts each transaction that ends with the connection still open, once:
+    the session forgets its envelope (and aborts step handlers) on exactly that signal."""
+    conn = greeted(SMTP, S.INITIAL)
+    conn.receive_data(data.encode())
+    while (event := conn.next_event()) is not NEED_DATA and not isinstance(event, ConnectionClosed):
+        assert not isinstance(event, InvalidCommand) or event.default_reply.code == 503, event
+        reply = getattr(event, "default_reply", None)
+        if reply is None:
+            continue
+        name = type(event).__name__
+        if name in refuse and not (name == "Hello" and conn.hello is None):  # not the first
+            reply = Reply(451, "Try again later", "4.3.0")
+        conn.send(reply)
+    assert conn.transactions_ended == ended
+    assert conn.in_transaction is open_after
+
+
+def test_state_diagram_in_the_docs_is_drawn_from_the_tables() -> None:
+    """docs/engine.md shows docs/state_diagram.py's output; after changing a table, run
+    ``python docs/state_diagram.py --write``."""
+    path = Path(__file__).parent.parent / "docs" / "state_diagram.py"
+    spec = importlib.util.spec_from_file_location("state_diagram", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = module.PAGE.read_text(encoding="utf-8")
+    assert module.current(page) == module.block()
+    for state in ServerState:
+        assert state.name in module.diagram()

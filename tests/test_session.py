@@ -565,6 +565,41 @@ def test_rset_forgets_recipients(router: Router[Any], boxes: dict[str, Mailbox])
     assert boxes["bob"].envelopes == [] and len(boxes["sales"].envelopes) == 1
 
 
+# (id, how the first transaction ends, whether bob got it)
+ENDINGS = [
+    ("delivered", DATA + "S: 250*\n", True),
+    ("rset", "C: RSET\nS: 250*\n", False),
+    ("ehlo", "C: EHLO again.example\nS: 250*\n", False),
+    ("data-too-big", "C: DATA\nS: 354*\nC: " + "y" * 200 + "\nC: .\nS: 552 5.3.4 *\n", False),
+    ("bdat-too-big", "C: BDAT 300\nC: " + "y" * 298 + "\nS: 552 5.3.4 *\n", False),
+    ("bdat-last", "C: BDAT 7 LAST\nC: hello\nS: 250*\n", True),
+]
+
+
+@pytest.mark.parametrize(
+    ("ending", "delivered"), [e[1:] for e in ENDINGS], ids=[e[0] for e in ENDINGS]
+)
+def test_every_end_of_a_transaction_forgets_its_envelope(
+    router: Router[Any], boxes: dict[str, Mailbox], ending: str, delivered: bool
+) -> None:
+    """The session forgets sender, recipients and content exactly when the engine ends the
+    transaction, however it ends: the next message carries nothing of the one before."""
+    run_transcript(
+        SEND
+        + "C: RCPT TO:<bob@example.com>\nS: 250*\n"
+        + ending
+        + "C: MAIL FROM:<a@b.example>\nS: 250*\nC: RCPT TO:<sales@x.example>\nS: 250*\n"
+        + DATA
+        + "S: 250*\n",
+        router,
+        config=ServerConfig(max_message_size=100),
+    )
+    assert len(boxes["bob"].envelopes) == delivered
+    [envelope] = boxes["sales"].envelopes
+    assert (envelope.mail_from, envelope.rcpt_tos) == ("a@b.example", ("sales@x.example",))
+    assert envelope.as_bytes() == b"Subject: hi\r\n\r\nhello\r\n"
+
+
 def test_transcript_mismatch_is_reported(router: Router[Any]) -> None:
     with pytest.raises(TranscriptError, match="line 2"):
         run_transcript("S: 220 *\nS: 250 *\n", router)

@@ -144,6 +144,24 @@ TRANSCRIPTS = [
         ["begin", "recipient", "abort"],
     ),
     (
+        "bdat-delivered",
+        "C: RCPT TO:<x@step.test>\nS: 250*\nC: BDAT 4\nC: hi\nS: 250*\nC: BDAT 4 LAST\nC: ho\n"
+        "S: 250*\nC: QUIT\nS: 221*\n",
+        ["begin", "recipient", "deliver"],
+    ),
+    (
+        "bdat-chunk-then-rset",
+        "C: RCPT TO:<x@step.test>\nS: 250*\nC: BDAT 4\nC: hi\nS: 250*\nC: RSET\nS: 250*\n"
+        "C: QUIT\nS: 221*\n",
+        ["begin", "recipient", "abort"],
+    ),
+    (
+        "delivered-then-rset-and-ehlo",
+        "C: RCPT TO:<x@step.test>\nS: 250*\nC: DATA\nS: 354*\nC: hi\nC: .\nS: 250*\n"
+        "C: RSET\nS: 250*\nC: EHLO again.test\nS: 250*\nC: QUIT\nS: 221*\n",
+        ["begin", "recipient", "deliver"],
+    ),
+    (
         "two-transactions",
         "C: RCPT TO:<x@step.test>\nS: 250*\nC: RSET\nS: 250*\nC: MAIL FROM:<b@client.test>\n"
         "S: 250*\nC: RCPT TO:<y@step.test>\nS: 250*\nC: DATA\nS: 354*\nC: hi\nC: .\nS: 250*\n",
