@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                         "--pid",
                         str(server.pid),
                         "--nonblocking",
+                        "--function",
                     ],
                     cpu=settings.client_cpu,
                 )
