@@ -2,6 +2,7 @@
 
     python benchmarks/profile_server.py smtpmux-asyncio W1           # cProfile, top 30 self time
     python benchmarks/profile_server.py smtpmux-asyncio W3 --py-spy  # sampling, by function
+    python benchmarks/profile_server.py smtpmux-cli W1 --py-spy      # smtpmux serve as users run it
 
 cProfile counts every call and so inflates call-heavy code; py-spy (``pip install py-spy``)
 samples from outside the process (on the load generator's CPU) and shows where time really goes.
@@ -48,13 +49,15 @@ def _py_spy_leaves(raw: Path, top: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/profile_server.py", description=__doc__)
-    parser.add_argument("server", choices=suite.PYTHON_SERVERS)
+    parser.add_argument("server", choices=(*suite.PYTHON_SERVERS, *suite.CLI_SERVERS))
     parser.add_argument("workload", choices=sorted(suite.SOURCE_LOADS))
     parser.add_argument("--duration", type=float, default=3.0, help="seconds of load (about)")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--py-spy", action="store_true", help="sample with py-spy instead")
     parser.add_argument("--sort", default="tottime", help="pstats sort key (default tottime)")
     args = parser.parse_args(argv)
+    if args.server in suite.CLI_SERVERS and not args.py_spy:
+        parser.error(f"{args.server} runs the command line: profile it with --py-spy")
 
     source = suite._find("smtp-source")
     if source is None:
@@ -102,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                         "--pid",
                         str(server.pid),
                         "--nonblocking",
+                        "--function",
                     ],
                     cpu=settings.client_cpu,
                 )

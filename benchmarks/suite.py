@@ -7,7 +7,9 @@
 
 Every server is a subprocess on 127.0.0.1 (a free port) pinned to one CPU; the load generator,
 Postfix's ``smtp-source``, is pinned to the other (so is this process, which drives W5 itself).
-Python servers run ``benchmarks/bench_server.py``: accept every message and discard it.
+Python servers run ``benchmarks/bench_server.py``: accept every message and discard it. The
+``bare-*`` servers are the ceiling: the least a Python sink can do (split on CRLF, answer, find
+the end of DATA; no checks) on asyncio, uvloop and threads. Compare smtpmux with them as ratios.
 
 Workloads:
   W1  1 KiB messages over 10 parallel sessions kept open          messages/s
@@ -57,13 +59,24 @@ PYTHON_SERVERS = (
     "smtpmux-sync",
     "aiosmtpd-asyncio",
     "aiosmtpd-uvloop",
+    "bare-asyncio",
+    "bare-uvloop",
+    "bare-threads",
 )
 SINK = "smtp-sink"
 #: ``smtpmux serve --workers N --discard --quiet`` as a user runs it (only W1-W4; not pinned, so
 #: the workers may use every CPU, the one smtp-source runs on included). Not run by default.
 WORKER_SERVERS = {"smtpmux-cli-1-worker": 1, "smtpmux-cli-2-workers": 2}
+#: ``smtpmux serve --discard`` as a user runs it, one process pinned like the others: default
+#: logging (text, to stderr, which the suite keeps in a file), ``--quiet`` and JSON logging; on
+#: uvloop when it is installed, as the command line does. Not run by default.
+CLI_SERVERS = {
+    "smtpmux-cli": (),
+    "smtpmux-cli-quiet": ("--quiet",),
+    "smtpmux-cli-json": ("--log-format", "json"),
+}
 DEFAULT_SERVERS = (*PYTHON_SERVERS, SINK)
-SERVERS = (*DEFAULT_SERVERS, *WORKER_SERVERS)
+SERVERS = (*DEFAULT_SERVERS, *WORKER_SERVERS, *CLI_SERVERS)
 BASELINE = "aiosmtpd-asyncio"
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
 MIB = 1024 * 1024
@@ -256,6 +269,11 @@ class RunningServer:
             args = [sys.executable, "-m", "smtp_anyio", "serve", "--discard", "--quiet"]
             args += ["--listen", f"{HOST}:{self.port}", "--workers", str(WORKER_SERVERS[name])]
             cpu = None
+        elif name in CLI_SERVERS:
+            args = [sys.executable, "-m", "smtp_anyio", "serve", "--discard", *CLI_SERVERS[name]]
+            args += ["--listen", f"{HOST}:{self.port}"]
+            # as bench_server.py: room for W5's 1000 idle connections, all from 127.0.0.1
+            args += ["--max-connections", "10000", "--max-connections-per-client", "0"]
         elif name == SINK:
             assert settings.smtp_sink is not None
             args = [settings.smtp_sink, "-m", "4000"]
@@ -698,7 +716,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=lambda t: _names(t, SERVERS, "server"),
         default=DEFAULT_SERVERS,
         help=f"comma-separated (default {','.join(DEFAULT_SERVERS)}; also "
-        f"{','.join(WORKER_SERVERS)}: the command line with 1 and 2 worker processes)",
+        f"{','.join(WORKER_SERVERS)}: the command line with 1 and 2 worker processes; "
+        f"{','.join(CLI_SERVERS)}: the command line with default, no and JSON logging)",
     )
     parser.add_argument(
         "--workloads",

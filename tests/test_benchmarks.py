@@ -1,4 +1,4 @@
-"""The benchmark suite in its quickest form: one smtpmux server and smtp-sink, one tiny workload.
+"""The benchmark suite in its quickest form: smtpmux, a bare sink, smtp-sink, one tiny workload.
 
 It proves the suite runs end to end (servers start, smtp-source drives them, the report has
 figures and ratios, every process is stopped), not that any figure is good.
@@ -23,7 +23,7 @@ pytestmark = needs("smtp-source", "smtp-sink")
 
 
 def test_quick_suite_reports_figures_and_ratios() -> None:
-    servers = ["smtpmux-asyncio", "smtp-sink"]
+    servers = ["smtpmux-asyncio", "bare-asyncio", "smtp-sink"]
     command = [sys.executable, str(SUITE), "--quick", "--json", "--duration", "0.1"]
     command += ["--servers", ",".join(servers), "--workloads", "W1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)

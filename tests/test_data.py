@@ -164,3 +164,57 @@ def test_any_split_matches_the_reference(
         assert end.reject is None and got == content
     else:
         assert end.reject is not None
+
+
+# Content that runs on well past the first dotted line: the reader splits each read at every
+# "\r\n." instead of looking for the terminator near the first one (_NEAR), and sorts the parts
+# to find out whether one is the terminator.
+LONG = (b"..stuffed\r\n" + b"x" * 76 + b"\r\n") * 60
+AFTER_A_DOT = [b"\t", b"\x00", b"\x0b", b"\r\r\n", b"\n", b"\r", b"\r\x0b", b"\x0c\r\n"]
+
+
+@pytest.mark.parametrize("after", AFTER_A_DOT, ids=[repr(a) for a in AFTER_A_DOT])
+@pytest.mark.parametrize("split", ["whole", "reads of 1000"])
+def test_long_content_lines_that_sort_below_a_terminator(after: bytes, split: str) -> None:
+    stream = LONG + b"." + after + b"\r\n" + LONG + b".\r\nQUIT\r\n"
+    expected = reference(stream)
+    assert expected is not None
+    size = len(stream) if split == "whole" else 1000
+    got, end, rest = run([stream[i : i + size] for i in range(0, len(stream), size)])
+    assert end is not None and end.reject is None
+    assert (got, rest) == (expected[0], expected[2])
+
+
+@pytest.mark.parametrize(("length", "ok"), [(998, True), (999, False)])
+@pytest.mark.parametrize("dotted", [False, True], ids=["plain", "dotted"])
+def test_line_length_inside_long_dotted_content(length: int, ok: bool, dotted: bool) -> None:
+    line = (b".." + b"x" * (length - 2)) if dotted else b"x" * length  # raw octets count
+    stream = LONG + line + b"\r\n" + LONG + b".\r\n"
+    for size in (len(stream), 4096, 333):
+        _, end, _ = run([stream[i : i + size] for i in range(0, len(stream), size)])
+        assert end is not None and (end.reject is None) == ok, size
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.lists(ALPHABET, max_size=40).map(b"".join),
+    cuts=st.lists(st.integers(min_value=0, max_value=12_000), max_size=8),
+    reject_bare_lf=st.booleans(),
+    max_line=st.sampled_from([None, 80, 1000]),
+)
+def test_long_content_any_split_matches_the_reference(
+    body: bytes, cuts: list[int], reject_bare_lf: bool, max_line: int | None
+) -> None:
+    stream = LONG + body + LONG + b"\r\n.\r\nQUIT\r\n"
+    expected = reference(stream, reject_bare_lf=reject_bare_lf, max_line=max_line)
+    assert expected is not None
+    points = sorted({c % (len(stream) + 1) for c in cuts})
+    pieces = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    got, end, rest = run(pieces, reject_bare_lf=reject_bare_lf, max_line=max_line)
+    assert end is not None
+    content, reject, expected_rest = expected
+    assert rest == expected_rest
+    if reject is None:
+        assert end.reject is None and got == content
+    else:
+        assert end.reject is not None
