@@ -10,13 +10,21 @@ import json
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TextIO
 
 from smtp_sync.auth_file import AuthFilePolicy, load_auth_file
 
-__all__ = ["JSONFormatter", "MetricsEndpoint", "Reloader", "TextFormatter", "server_context"]
+__all__ = [
+    "JSONFormatter",
+    "LineHandler",
+    "MetricsEndpoint",
+    "Reloader",
+    "TextFormatter",
+    "server_context",
+]
 
 log = logging.getLogger("smtpmux.server")
 
@@ -28,35 +36,91 @@ _FIELDS = (
 )
 
 
+class _SecondStamps:
+    """A record's local time to the second, formatted once per second and not once per line:
+    ``time.strftime`` was a tenth of a log line's cost, and a busy server writes many lines in
+    one second."""
+
+    def __init__(self, converter: Callable[[float | None], time.struct_time], datefmt: str):
+        self._converter = converter
+        self._datefmt = datefmt
+        self._second = -1
+        self._stamp = ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._stamp = time.strftime(self._datefmt, self._converter(second))
+            self._second = second
+        return self._stamp
+
+
 class TextFormatter(logging.Formatter):
-    """``time LEVEL logger [session id] message``: a session's lines can be grepped together."""
+    """``time LEVEL logger [session id] message``: a session's lines can be grepped together.
+
+    The line is built with one f-string (the same text as the format string below, which
+    ``logging.Formatter`` still writes for a record with a traceback or stack)."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(session)s%(message)s")
+        self._seconds = _SecondStamps(self.converter, self.default_time_format)
 
     def format(self, record: logging.LogRecord) -> str:
         session_id = record.__dict__.get("session_id")
-        record.session = f"[{session_id}] " if session_id else ""
-        return super().format(record)
+        session = f"[{session_id}] " if session_id else ""
+        if record.exc_info or record.exc_text or record.stack_info:
+            record.session = session
+            return super().format(record)
+        message = record.getMessage()
+        stamp = f"{self._seconds(record.created)},{int(record.msecs):03d}"
+        return f"{stamp} {record.levelname} {record.name} {session}{message}"
 
 
 class JSONFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and the session's fields."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._seconds = _SecondStamps(self.converter, "%Y-%m-%dT%H:%M:%S%z")
+        # json.dumps(entry, default=str) builds an encoder per call; one does for every line
+        self._encode = json.JSONEncoder(default=str).encode
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "time": self._seconds(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        fields = record.__dict__
         for field in _FIELDS:
-            value = record.__dict__.get(field)
+            value = fields.get(field)
             if value is not None:
                 entry[field] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return self._encode(entry)
+
+
+class LineHandler(logging.StreamHandler[TextIO]):
+    """A log line is one ``write``; flushed by the stream itself when it flushes at each
+    newline (``sys.stderr`` does, since Python 3.9), else here: every line still reaches the
+    file or journal when it is written, without a second trip through the handler's lock."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._flushes_lines = bool(getattr(stream, "line_buffering", False))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = self.stream
+            stream.write(self.format(record) + self.terminator)
+            if not self._flushes_lines:
+                stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
 
 
 class MetricsEndpoint:

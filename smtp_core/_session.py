@@ -425,7 +425,8 @@ class Session:
         metrics = self.metrics
         with metrics.lock:
             metrics.bytes_received += len(data)
-        self._trace.received(data)
+        if self._trace.enabled:
+            self._trace.received(data)
         self.conn.receive_data(data)
         return self._advance(None)
 
@@ -467,7 +468,8 @@ class Session:
         self._conversation.close()
         log.info("closing: %s", reply.text, extra=self._log_extra)
         data = self.conn.send(reply)
-        self._trace.sent(data)
+        if self._trace.enabled:
+            self._trace.sent(data)
         return [Send(data), Close()]
 
     def resolve(self, action: Action, result: object) -> list[Action]:
@@ -491,7 +493,8 @@ class Session:
             actions.append(question)
         if self._out:
             data = bytes(self._out)
-            self._trace.sent(data)
+            if self._trace.enabled:
+                self._trace.sent(data)
             actions.append(Send(data))
             self._out.clear()
         if isinstance(question, Action):
@@ -520,9 +523,10 @@ class Session:
             if not isinstance(header, ProxyHeader):
                 return
             self._proxy(header)
-        peer = self.info.peer
-        shown = format_host_port(*peer) if peer else "an unknown peer"
-        log.info("connection from %s", shown, extra=self._log_extra)
+        if log.isEnabledFor(logging.INFO):  # no address text nor fields for --quiet
+            peer = self.info.peer
+            shown = format_host_port(*peer) if peer else "an unknown peer"
+            log.info("connection from %s", shown, extra=self._log_extra)
         greeting = yield Connect(self.policy.on_connect, (self.info,))
         if not isinstance(greeting, Reply):
             if isinstance(greeting, BaseException):

@@ -37,10 +37,10 @@ class ProtocolTrace:
         self._partial = b""
         self._chunk_left = 0  # octets of the current BDAT chunk not yet seen
         self._in_auth = False
-
-    @property
-    def enabled(self) -> bool:
-        return log.isEnabledFor(logging.DEBUG)
+        # Whether DEBUG was on when the connection began: the Session reads this attribute
+        # before each call, so with --debug off a round costs one attribute read, not a
+        # logger's level look-up. A connection keeps tracing, or not, to its end.
+        self.enabled = log.isEnabledFor(logging.DEBUG)
 
     def received(self, data: bytes) -> None:
         if not self.enabled:

@@ -103,6 +103,27 @@ def test_nothing_is_formatted_when_debug_is_off(caplog: pytest.LogCaptureFixture
     assert shown(caplog) == []
 
 
+def test_debug_off_costs_no_level_lookup_per_round(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The off path is one attribute read: the trace asks the logger once per connection,
+    not once per read and per write (issue 15: the cost of default logging)."""
+    caplog.set_level(logging.INFO, logger="smtpmux.trace")
+    trace_log = logging.getLogger("smtpmux.trace")
+    asked: list[int] = []
+    real = trace_log.isEnabledFor
+
+    def counting(level: int) -> bool:
+        asked.append(level)
+        return real(level)
+
+    monkeypatch.setattr(trace_log, "isEnabledFor", counting)
+    rounds = [b"EHLO c\r\n", b"NOOP\r\n", b"NOOP\r\n", b"RSET\r\n", b"QUIT\r\n"]
+    converse(rounds)
+    assert asked == [logging.DEBUG]
+    assert shown(caplog) == []
+
+
 def content_sizes(lines: list[str]) -> list[int]:
     return [int(m[1]) for line in lines if (m := re.search(r"<(\d+) octets of message", line))]
 
