@@ -78,6 +78,7 @@ from ._events import (
     StartTLS,
     Verify,
 )
+from ._lifecycle import SessionFactory, run_inline
 from ._lockout import AuthLockout
 from ._logtext import describe_tls_failure, format_host_port
 from ._message import OutgoingMessage, prepare_message
@@ -119,6 +120,7 @@ from ._session import (
     StepStart,
     StepTransaction,
     UpgradeToTLS,
+    WaitEnd,
 )
 from ._state import ServerState
 from ._transcript import TranscriptError, TranscriptResult, run_transcript
@@ -212,6 +214,7 @@ __all__ = (
     "ServerMechanism",
     "ServerState",
     "Session",
+    "SessionFactory",
     "SessionInfo",
     "Spool",
     "StartData",
@@ -230,6 +233,7 @@ __all__ = (
     "TurnedAway",
     "UpgradeToTLS",
     "Verify",
+    "WaitEnd",
     "WrapTLS",
     "Write",
     "XOAuth2Client",
@@ -244,6 +248,7 @@ __all__ = (
     "parse_path",
     "parse_proxy_header",
     "prepare_message",
+    "run_inline",
     "run_transcript",
     "split_address",
     "xtext_decode",

@@ -11,6 +11,7 @@ replies produced on the way are batched into one ``Send`` per round (RFC 2920 §
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from datetime import datetime
@@ -81,6 +82,8 @@ __all__ = [
     "StepStart",
     "StepTransaction",
     "UpgradeToTLS",
+    "WaitEnd",
+    "count_handshake",
 ]
 
 log = logging.getLogger("smtpmux.session")
@@ -102,6 +105,33 @@ R_TIMEOUT = Reply(421, "Timeout, closing connection", "4.4.2")
 _TRANSACTION_STATES = frozenset(
     {ServerState.MAIL, ServerState.RCPT, ServerState.DATA, ServerState.CHUNKING}
 )
+
+
+class WaitEnd(enum.Enum):
+    """Why an adapter's wait for the client ended without bytes; ``Session.wait_ended`` says
+    what that means (one answer for every adapter)."""
+
+    TIMED_OUT = "timed out"  #: the session's ``timeout`` ran out
+    INTERRUPTED = "interrupted"  #: woken early: the server is stopping, or evicts the session
+
+
+def count_handshake(
+    metrics: Metrics,
+    outcome: object,
+    logger: logging.Logger,
+    failed: str,
+    *args: object,
+    extra: dict[str, Any] | None = None,
+) -> bool:
+    """Count a TLS handshake (implicit TLS or STARTTLS) and log a failure in words: one rule
+    for every listener. ``failed`` is the log message; its last ``%s`` is the reason."""
+    if isinstance(outcome, TLSInfo):
+        metrics.add(tls_handshakes=1)
+        return True
+    metrics.add(tls_failures=1)
+    reason = describe_tls_failure(outcome) if isinstance(outcome, BaseException) else repr(outcome)
+    logger.info(failed, *args, reason, extra=extra)
+    return False
 
 
 class Reject(Exception):
@@ -449,6 +479,28 @@ class Session:
     def in_transaction(self) -> bool:
         """A MAIL transaction is open: a graceful stop lets it finish first."""
         return self.conn.state in _TRANSACTION_STATES
+
+    def wait_ended(self, why: WaitEnd, *, stopping: bool, evicted: bool = False) -> list[Action]:
+        """A wait for the client ended without its bytes: the Actions that follows from it.
+
+        An eviction wins (the slot is promised to a newcomer: 421 4.4.2); then a stopping
+        server (421 4.3.2, whether the wait was woken or ran out: the client should hear
+        that the server is going away, as every other session a stop ends does); then the
+        session's own timeout (421 4.4.2). Woken for neither: [] (wait again)."""
+        if evicted:
+            return self.evict()
+        if stopping:
+            return self.shut_down()
+        if why is WaitEnd.TIMED_OUT:
+            return self.expire()
+        return []
+
+    def server_stopping(self) -> list[Action]:
+        """Between rounds, when the server stops: 421 4.3.2 and close, unless a transaction is
+        open ([]: a graceful stop lets it finish)."""
+        if self.conn.state in _TRANSACTION_STATES:
+            return []
+        return self.shut_down()
 
     def drop(self) -> list[Action]:
         """The connection is over, however it ended (our Close, a failed write, an error, a
@@ -965,13 +1017,11 @@ class Session:
     def _start_tls(self, event: StartTLS) -> Generator[_Question, object, None]:
         self._reply(event.default_reply)
         tls = yield UpgradeToTLS()
-        if not isinstance(tls, TLSInfo):
-            self.metrics.add(tls_failures=1)
-            reason = describe_tls_failure(tls) if isinstance(tls, BaseException) else repr(tls)
-            log.info("TLS handshake failed: %s", reason, extra=self._log_extra)
+        failed = "TLS handshake failed: %s"
+        if not count_handshake(self.metrics, tls, log, failed, extra=self._log_extra):
             yield Close()
             return
-        self.metrics.add(tls_handshakes=1)
+        assert isinstance(tls, TLSInfo)
         self.info = attrs.evolve(self.info, tls=tls, helo=None, auth_identity=None)
         self._reset_transaction()
         if self._steps:
