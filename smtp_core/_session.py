@@ -406,7 +406,7 @@ class Session:
         self.policy = policy or Policy()
         self.info = SessionInfo(session_id, self.config.hostname, peer=peer, tls=tls)
         self._clock = clock
-        self._trace = ProtocolTrace(self)
+        self._trace = ProtocolTrace(self.conn, session_id)
         self._out = bytearray()
         self._waiting: Action | None = None
         self._transactions = 0
