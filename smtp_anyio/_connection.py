@@ -71,6 +71,11 @@ class Connection(Protocol):
         """Write ``data``; False when the client is gone."""
         ...
 
+    def take_unread(self) -> bytes:
+        """What arrived but was not yet fed (TransportConnection keeps such bytes): before a
+        STARTTLS handshake, for ``Session.discard_before_tls``."""
+        ...
+
     async def start_tls(self, context: ssl.SSLContext, timeout: float) -> TLSInfo:
         """Run the server side of a TLS handshake; raise if it fails."""
         ...
@@ -127,6 +132,9 @@ class StreamConnection:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             return False
         return True
+
+    def take_unread(self) -> bytes:
+        return b""  # every read is fed at once
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float) -> TLSInfo:
         with anyio.fail_after(timeout):
@@ -309,6 +317,9 @@ class SocketConnection:
         finally:
             view.release()
         return True
+
+    def take_unread(self) -> bytes:
+        return b""  # every read is fed at once
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float) -> TLSInfo:
         self._tls = StreamConnection(self.stream)
@@ -539,10 +550,16 @@ class TransportConnection(asyncio.BufferedProtocol):
             await self._wait_drain()
         return not self._lost
 
+    def take_unread(self) -> bytes:
+        chunks = self._chunks
+        self._chunks = []
+        self._buffered = 0
+        return b"".join(chunks)
+
     async def start_tls(self, context: ssl.SSLContext, timeout: float) -> TLSInfo:
         assert self.transport is not None
-        # Bytes that arrived before the handshake are plaintext sent after STARTTLS: never
-        # commands (RFC 3207 §4.2); the engine drops what it buffered, we drop the rest.
+        # Bytes that arrived since the last feed must have been taken (take_unread) and
+        # handed to the Session, which drops them (RFC 3207 §4.2).
         self._chunks = []
         self._buffered = 0
         if self._reading_paused:

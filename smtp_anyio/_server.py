@@ -321,6 +321,7 @@ class Server:
                 continue
             if isinstance(action, UpgradeToTLS):
                 assert self.ssl_context is not None
+                session.discard_before_tls(connection.take_unread())  # RFC 3207 §4.2
                 try:
                     outcome: object = await connection.start_tls(
                         self.ssl_context, session.tls_timeout

@@ -502,6 +502,20 @@ class Session:
             return []
         return self.shut_down()
 
+    def discard_before_tls(self, data: bytes) -> None:
+        """Bytes an adapter read after the 220 to STARTTLS but before the handshake: plaintext
+        a man in the middle may have injected, never commands (RFC 3207 §4.2, CVE-2011-0411).
+        Dropped here, counted with what the engine dropped from its own buffer."""
+        if not data:
+            return
+        self.conn.plaintext_discarded += len(data)
+        metrics = self.metrics
+        with metrics.lock:
+            metrics.bytes_received += len(data)
+        log.info(
+            "discarded %d octets sent before the TLS handshake", len(data), extra=self._log_extra
+        )
+
     def drop(self) -> list[Action]:
         """The connection is over, however it ended (our Close, a failed write, an error, a
         cancelled task): call this once, before closing the socket, and carry out the Calls it
