@@ -63,6 +63,11 @@ class Connection(Protocol):
         """Write ``data`` now, or keep it for ``flush`` (the executor's ``write``)."""
         ...
 
+    @property
+    def unflushed(self) -> bool:
+        """Is a ``flush`` needed? (A round that wrote nothing costs no coroutine.)"""
+        ...
+
     async def flush(self) -> bool:
         """Finish what ``write`` started; False when the client is gone."""
         ...
@@ -117,6 +122,10 @@ class StreamConnection:
 
     def write(self, data: bytes) -> None:
         self._pending.append(data)
+
+    @property
+    def unflushed(self) -> bool:
+        return bool(self._pending)
 
     async def flush(self) -> bool:
         pending = self._pending
@@ -281,6 +290,12 @@ class SocketConnection:
             return
         if sent != len(data):
             self._unsent.append(data[sent:])
+
+    @property
+    def unflushed(self) -> bool:
+        if self._tls is not None:
+            return self._tls.unflushed
+        return self._broken or bool(self._unsent)
 
     async def flush(self) -> bool:
         if self._tls is not None:
@@ -535,6 +550,10 @@ class TransportConnection(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
+
+    @property
+    def unflushed(self) -> bool:
+        return self._writing_paused or self._lost
 
     async def flush(self) -> bool:
         if self._writing_paused and not self._lost:

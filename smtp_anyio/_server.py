@@ -314,7 +314,7 @@ class Server:
         write, spool_write = connection.write, spool.write
         while True:
             action = run_inline(session, actions, write, spool_write)
-            if not await connection.flush():
+            if connection.unflushed and not await connection.flush():
                 return  # the client is gone; nothing accepted is pending
             if isinstance(action, Call):
                 actions = session.resolve(action, await self._call(action, spool))
