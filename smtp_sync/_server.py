@@ -349,8 +349,7 @@ class Server:
                 ended, data = WaitEnd.TIMED_OUT, b""
             except OSError:
                 data = b""
-            stopping = self._stopping.is_set()
-            if not data and stopping and ended is None:  # stop() shut our read side
+            if not data and ended is None and self._stopping.is_set():  # stop() shut our read
                 ended = WaitEnd.INTERRUPTED
             with admission_lock:  # the acceptor decides evictions under this lock
                 ticket.waiting = False
@@ -358,6 +357,7 @@ class Server:
             if evicted:
                 ended = WaitEnd.INTERRUPTED
             if ended is not None:
+                stopping = self._stopping.is_set()
                 actions = session.wait_ended(ended, stopping=stopping, evicted=evicted)
                 continue
             ticket.active_at = time.monotonic()
