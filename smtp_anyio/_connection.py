@@ -28,7 +28,7 @@ from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSAttribute, TLSStream
 
 from smtp_core import Session, TLSInfo
-from smtp_core.adapter import Action, Send, Spool, Ticket
+from smtp_core.adapter import Action, Ticket, WaitEnd, run_inline
 from smtp_sync.adapter import SpoolFile
 
 __all__ = [
@@ -54,14 +54,32 @@ class Connection(Protocol):
     @property
     def peer(self) -> tuple[str, int] | None: ...
 
-    async def next_actions(self, session: Session, spool: SpoolFile) -> list[Action] | None:
+    async def next_actions(self, session: Session, spool: SpoolFile) -> list[Action] | WaitEnd:
         """Wait for the client and feed what it sends (b"" at its end) to ``session``; return
-        the session's next actions: ``[]`` after ``interrupt()``, None when the session's
-        timeout ran out."""
+        the session's next actions, or why the wait ended without bytes (``interrupt()``, or
+        the session's timeout ran out): ``Session.wait_ended`` says what that means."""
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Write ``data`` now, or keep it for ``flush`` (the executor's ``write``)."""
+        ...
+
+    @property
+    def unflushed(self) -> bool:
+        """Is a ``flush`` needed? (A round that wrote nothing costs no coroutine.)"""
+        ...
+
+    async def flush(self) -> bool:
+        """Finish what ``write`` started; False when the client is gone."""
         ...
 
     async def send(self, data: bytes) -> bool:
         """Write ``data``; False when the client is gone."""
+        ...
+
+    def take_unread(self) -> bytes:
+        """What arrived but was not yet fed (TransportConnection keeps such bytes): before a
+        STARTTLS handshake, for ``Session.discard_before_tls``."""
         ...
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float) -> TLSInfo:
@@ -75,15 +93,6 @@ class Connection(Protocol):
     async def aclose(self) -> None: ...
 
 
-def stream_tls_info(stream: ByteStream) -> TLSInfo:
-    cipher = stream.extra(TLSAttribute.cipher, None)
-    return TLSInfo(
-        version=stream.extra(TLSAttribute.tls_version, None),
-        cipher=cipher[0] if cipher else None,
-        peer_certificate=stream.extra(TLSAttribute.peer_certificate, None),
-    )
-
-
 class StreamConnection:
     """A connection over an anyio ByteStream: works on every backend, with or without TLS."""
 
@@ -91,12 +100,13 @@ class StreamConnection:
         self.stream = stream
         self._scope: anyio.CancelScope | None = None
         self._interrupted = False
+        self._pending: list[bytes] = []  # written, not yet flushed
 
     @property
     def peer(self) -> tuple[str, int] | None:
         return peer_address(self.stream.extra(SocketAttribute.remote_address, None))
 
-    async def next_actions(self, session: Session, spool: SpoolFile) -> list[Action] | None:
+    async def next_actions(self, session: Session, spool: SpoolFile) -> list[Action] | WaitEnd:
         self._interrupted = False
         data = None
         with anyio.move_on_after(session.timeout) as scope:
@@ -108,8 +118,23 @@ class StreamConnection:
             finally:
                 self._scope = None
         if data is None:
-            return [] if self._interrupted else None
+            return WaitEnd.INTERRUPTED if self._interrupted else WaitEnd.TIMED_OUT
         return session.receive_data(data)
+
+    def write(self, data: bytes) -> None:
+        self._pending.append(data)
+
+    @property
+    def unflushed(self) -> bool:
+        return bool(self._pending)
+
+    async def flush(self) -> bool:
+        pending = self._pending
+        if not pending:
+            return True
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        return await self.send(data)
 
     async def send(self, data: bytes) -> bool:
         try:
@@ -118,12 +143,15 @@ class StreamConnection:
             return False
         return True
 
+    def take_unread(self) -> bytes:
+        return b""  # every read is fed at once
+
     async def start_tls(self, context: ssl.SSLContext, timeout: float) -> TLSInfo:
         with anyio.fail_after(timeout):
             self.stream = await TLSStream.wrap(
                 self.stream, server_side=True, ssl_context=context, standard_compatible=False
             )
-        return stream_tls_info(self.stream)
+        return TLSInfo.from_ssl_object(self.stream.extra(TLSAttribute.ssl_object))
 
     def interrupt(self) -> None:
         if self._scope is not None:
@@ -192,13 +220,15 @@ class SocketConnection:
         self._more = False  # the last read filled the buffer: more is likely waiting
         self._tls: StreamConnection | None = None
         self._waiting = False
-        self._ended: list[Action] | None = None  # why a wait was ended: [] stop, None timeout
+        self._ended = WaitEnd.TIMED_OUT  # why the last wait was ended without bytes
+        self._unsent: list[bytes] = []  # what the socket did not take at once, for flush
+        self._broken = False  # a write failed: the client is gone
 
     @property
     def peer(self) -> tuple[str, int] | None:
         return peer_address(self.stream.extra(SocketAttribute.remote_address, None))
 
-    async def next_actions(self, session: Session, spool: SpoolFile) -> list[Action] | None:
+    async def next_actions(self, session: Session, spool: SpoolFile) -> list[Action] | WaitEnd:
         if self._tls is not None:
             return await self._tls.next_actions(session, spool)
         sock, buffer = self.socket, self._read_buffer
@@ -229,7 +259,7 @@ class SocketConnection:
             self._watchdog.forget(self)
         return session.receive_data(data)
 
-    def _end_wait(self, why: list[Action] | None) -> None:
+    def _end_wait(self, why: WaitEnd) -> None:
         if self._waiting:
             self._waiting = False
             self._ended = why
@@ -237,13 +267,47 @@ class SocketConnection:
 
     def expire(self) -> None:
         """The watchdog says the wait is overdue."""
-        self._end_wait(None)
+        self._end_wait(WaitEnd.TIMED_OUT)
 
     def interrupt(self) -> None:
         if self._tls is not None:
             self._tls.interrupt()
         else:
-            self._end_wait([])
+            self._end_wait(WaitEnd.INTERRUPTED)
+
+    def write(self, data: bytes) -> None:
+        if self._tls is not None:
+            self._tls.write(data)
+            return
+        if self._unsent or self._broken:  # keep the order: behind what waits already
+            self._unsent.append(data)
+            return
+        try:
+            sent = self.socket.send(data)  # replies are short: almost always all of it
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._broken = True
+            return
+        if sent != len(data):
+            self._unsent.append(data[sent:])
+
+    @property
+    def unflushed(self) -> bool:
+        if self._tls is not None:
+            return self._tls.unflushed
+        return self._broken or bool(self._unsent)
+
+    async def flush(self) -> bool:
+        if self._tls is not None:
+            return await self._tls.flush()
+        if self._broken:
+            return False
+        if not self._unsent:
+            return True
+        data = b"".join(self._unsent)
+        self._unsent.clear()
+        return await self.send(data)
 
     async def send(self, data: bytes) -> bool:
         if self._tls is not None:
@@ -269,6 +333,9 @@ class SocketConnection:
         finally:
             view.release()
         return True
+
+    def take_unread(self) -> bytes:
+        return b""  # every read is fed at once
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float) -> TLSInfo:
         self._tls = StreamConnection(self.stream)
@@ -337,7 +404,7 @@ class TransportConnection(asyncio.BufferedProtocol):
         self._lost = False
         self._session: Session | None = None  # set while the task waits in next_actions
         self._spool: SpoolFile | None = None
-        self._waiter: asyncio.Future[list[Action] | None] | None = None
+        self._waiter: asyncio.Future[list[Action] | WaitEnd] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._writing_paused = False
         self._deadline = 0.0
@@ -405,15 +472,10 @@ class TransportConnection(asyncio.BufferedProtocol):
         if self.ticket is not None:
             self.ticket.active_at = time.monotonic()
         try:
-            actions = session.receive_data(data)
-            for index, action in enumerate(actions):
-                if isinstance(action, Send) and not transport.is_closing():
-                    transport.write(action.data)
-                elif isinstance(action, Spool):
-                    spool.write(action)
-                else:
-                    self._hand_over(actions[index:])
-                    return
+            action = run_inline(session, session.receive_data(data), self.write, spool.write)
+            if action is not None:
+                self._hand_over([action])  # the last of the round (see run_inline)
+                return
         except Exception as exc:  # the task reports it, as if it had failed itself
             self._session = None
             if self._waiter is not None and not self._waiter.done():
@@ -424,7 +486,7 @@ class TransportConnection(asyncio.BufferedProtocol):
         else:
             self._arm(session.timeout)
 
-    def _hand_over(self, actions: list[Action] | None) -> None:
+    def _hand_over(self, actions: list[Action] | WaitEnd) -> None:
         self._session = None
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -443,7 +505,7 @@ class TransportConnection(asyncio.BufferedProtocol):
         if self._session is None:
             return  # the task is busy: its next wait sets a new deadline
         if self._loop.time() + _TIMER_SLACK >= self._deadline:
-            self._hand_over(None)
+            self._hand_over(WaitEnd.TIMED_OUT)
         else:  # the deadline moved on since this timer was set
             self._timer = self._loop.call_at(self._deadline, self._expire)
 
@@ -453,12 +515,12 @@ class TransportConnection(asyncio.BufferedProtocol):
     def peer(self) -> tuple[str, int] | None:
         return peer_address(self.transport.get_extra_info("peername") if self.transport else None)
 
-    async def next_actions(self, session: Session, spool: SpoolFile) -> list[Action] | None:
+    async def next_actions(self, session: Session, spool: SpoolFile) -> list[Action] | WaitEnd:
         if self._writing_paused and not self._lost:
             await self._wait_drain()  # read nothing more while the client reads nothing
         if self._interrupted:  # a stop or an eviction came while we waited for the drain
             self._interrupted = False
-            return []
+            return WaitEnd.INTERRUPTED
         if self._chunks or self._eof or self._lost:  # arrived while the task was busy
             chunks = self._chunks
             data = b"".join(chunks) if len(chunks) != 1 else chunks[0]
@@ -470,7 +532,7 @@ class TransportConnection(asyncio.BufferedProtocol):
             return session.receive_data(data)
         self._session, self._spool = session, spool
         self._arm(session.timeout)
-        waiter: asyncio.Future[list[Action] | None] = self._loop.create_future()
+        waiter: asyncio.Future[list[Action] | WaitEnd] = self._loop.create_future()
         self._waiter = waiter
         try:
             return await waiter
@@ -485,6 +547,20 @@ class TransportConnection(asyncio.BufferedProtocol):
         finally:
             self._drain = None
 
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    @property
+    def unflushed(self) -> bool:
+        return self._writing_paused or self._lost
+
+    async def flush(self) -> bool:
+        if self._writing_paused and not self._lost:
+            await self._wait_drain()
+        return not self._lost
+
     async def send(self, data: bytes) -> bool:
         transport = self.transport
         if self._lost or transport is None or transport.is_closing():
@@ -494,10 +570,16 @@ class TransportConnection(asyncio.BufferedProtocol):
             await self._wait_drain()
         return not self._lost
 
+    def take_unread(self) -> bytes:
+        chunks = self._chunks
+        self._chunks = []
+        self._buffered = 0
+        return b"".join(chunks)
+
     async def start_tls(self, context: ssl.SSLContext, timeout: float) -> TLSInfo:
         assert self.transport is not None
-        # Bytes that arrived before the handshake are plaintext sent after STARTTLS: never
-        # commands (RFC 3207 §4.2); the engine drops what it buffered, we drop the rest.
+        # Bytes that arrived since the last feed must have been taken (take_unread) and
+        # handed to the Session, which drops them (RFC 3207 §4.2).
         self._chunks = []
         self._buffered = 0
         if self._reading_paused:
@@ -510,17 +592,11 @@ class TransportConnection(asyncio.BufferedProtocol):
         if transport is None:
             raise ConnectionError("the connection closed during the TLS handshake")
         self.transport = transport
-        ssl_object: Any = transport.get_extra_info("ssl_object")
-        cipher = ssl_object.cipher()
-        return TLSInfo(
-            version=ssl_object.version(),
-            cipher=cipher[0] if cipher else None,
-            peer_certificate=ssl_object.getpeercert(),
-        )
+        return TLSInfo.from_ssl_object(transport.get_extra_info("ssl_object"))
 
     def interrupt(self) -> None:
         if self._session is not None:
-            self._hand_over([])
+            self._hand_over(WaitEnd.INTERRUPTED)
         else:
             self._interrupted = True
 

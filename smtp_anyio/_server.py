@@ -30,18 +30,16 @@ from smtp_core import (
     Router,
     ServerConfig,
     Session,
-    format_host_port,
 )
 from smtp_core.adapter import (
     Call,
-    Close,
     HandlerCall,
-    Send,
-    Spool,
+    SessionFactory,
     Ticket,
     TurnedAway,
     UpgradeToTLS,
-    describe_tls_failure,
+    WaitEnd,
+    run_inline,
 )
 from smtp_sync.adapter import (
     SpoolFile,
@@ -127,6 +125,7 @@ class Server:
     _idle: dict[Session, Connection] = attrs.field(init=False, factory=dict)
     _loop_servers: list[asyncio.AbstractServer] = attrs.field(init=False, factory=list)
     _watchdog: Watchdog | None = attrs.field(init=False, default=None)
+    _factory: SessionFactory | None = attrs.field(init=False, default=None)
     _tasks: set[asyncio.Task[None]] = attrs.field(init=False, factory=set)
     #: what the connections read into (one loop, so one read at a time); copied out at once
     _read_buffer: memoryview = attrs.field(
@@ -134,9 +133,6 @@ class Server:
     )
 
     def __attrs_post_init__(self) -> None:
-        offer_starttls = self.ssl_context is not None and not self.implicit_tls
-        if offer_starttls and not self.config.starttls:
-            self.config = attrs.evolve(self.config, starttls=True)
         if self.admission is None:
             if self.max_connections is not None:
                 self.limits = attrs.evolve(self.limits, max_connections=self.max_connections)
@@ -186,8 +182,9 @@ class Server:
         for loop_server in self._loop_servers:
             loop_server.close()  # stops accepting; open connections carry on
         await self._listener.aclose()
-        for connection in list(self._idle.values()):
-            connection.interrupt()
+        for session, connection in list(self._idle.items()):
+            if not session.in_transaction:  # one may have begun in TransportConnection._feed
+                connection.interrupt()
         with anyio.move_on_after(self.shutdown_timeout):
             while self._sessions:
                 await anyio.sleep(0.01)
@@ -277,81 +274,90 @@ class Server:
                 admission.leave(ticket)
             await connection.aclose()
 
+    def _sessions_factory(self) -> SessionFactory:
+        """This listener's SessionFactory; built again when a reload swapped what it uses."""
+        factory = self._factory
+        if factory is None or not factory.serves(
+            self.router, self.config, self.policy, self.proxy_protocol_from
+        ):
+            factory = self._factory = SessionFactory(
+                router=self.router,
+                config=self.config,
+                policy=self.policy,
+                clock=self.clock,
+                new_id=new_session_id,
+                metrics=self.metrics,
+                admission=self.admission,
+                tls_configured=self.ssl_context is not None,
+                implicit_tls=self.implicit_tls,
+                proxy_protocol_from=self.proxy_protocol_from,
+            )
+        return factory
+
     async def _open(self, connection: Connection, admission: Admission[Any]) -> Session | None:
         """The connection's Session, after the TLS handshake of an implicit-TLS listener."""
-        peer_address = connection.peer
-        tls = None
-        if self.implicit_tls:
-            assert self.ssl_context is not None
-            timeout = admission.timeout(self.config.tls_handshake_timeout)
-            try:
-                tls = await connection.start_tls(self.ssl_context, timeout)
-            except Exception as exc:  # the client's failure (plaintext, bad version, timeout)
-                shown = format_host_port(*peer_address) if peer_address else "a client"
-                log.info("TLS handshake with %s failed: %s", shown, describe_tls_failure(exc))
-                self.metrics.add(tls_failures=1)
-                return None
-            self.metrics.add(tls_handshakes=1)
-        return Session(
-            self.router,
-            clock=self.clock,
-            session_id=new_session_id(),
-            config=self.config,
-            policy=self.policy,
-            peer=peer_address,
-            tls=tls,
-            proxy_protocol=peer_address is not None and peer_address[0] in self.proxy_protocol_from,
-            metrics=self.metrics,
-            admission=admission,
-        )
+        factory, peer = self._sessions_factory(), connection.peer
+        if not self.implicit_tls:
+            return factory(peer)
+        assert self.ssl_context is not None
+        try:
+            outcome: object = await connection.start_tls(
+                self.ssl_context, factory.handshake_timeout
+            )
+        except Exception as exc:  # the client's failure (plaintext, bad version, timeout)
+            outcome = exc
+        tls = factory.handshake(peer, outcome)
+        return None if tls is None else factory(peer, tls)
 
     async def _run(
         self, session: Session, connection: Connection, spool: SpoolFile, ticket: Ticket[Any]
     ) -> None:
         actions = session.start()
+        write, spool_write = connection.write, spool.write
         while True:
-            while actions:
-                action = actions.pop(0)
-                if isinstance(action, Send):
-                    if not await connection.send(action.data):
-                        return  # the client is gone; nothing accepted is pending
-                elif isinstance(action, Spool):
-                    spool.write(action)
-                elif isinstance(action, Close):
-                    return
-                elif isinstance(action, UpgradeToTLS):
-                    assert self.ssl_context is not None
-                    try:
-                        outcome: object = await connection.start_tls(
-                            self.ssl_context, session.tls_timeout
-                        )
-                    except Exception as exc:
-                        outcome = exc
-                    actions += session.resolve(action, outcome)
-                elif isinstance(action, Call):
-                    actions += session.resolve(action, await self._call(action, spool))
-            if self._stopping and not session.in_transaction:
-                actions = session.shut_down()
+            action = run_inline(session, actions, write, spool_write)
+            if connection.unflushed and not await connection.flush():
+                return  # the client is gone; nothing accepted is pending
+            if isinstance(action, Call):
+                actions = session.resolve(action, await self._call(action, spool))
                 continue
+            if isinstance(action, UpgradeToTLS):
+                assert self.ssl_context is not None
+                session.discard_before_tls(connection.take_unread())  # RFC 3207 §4.2
+                try:
+                    outcome: object = await connection.start_tls(
+                        self.ssl_context, session.tls_timeout
+                    )
+                except Exception as exc:
+                    outcome = exc
+                actions = session.resolve(action, outcome)
+                continue
+            if action is not None:  # Close
+                return
+            if self._stopping:
+                actions = session.server_stopping()
+                if actions:
+                    continue
             idle = not session.in_transaction
             if idle:
                 self._idle[session] = connection  # a stop interrupts idle sessions
             ticket.waiting = True  # a full server may evict us now, if we are idle
             try:
-                # What the client's next bytes lead to; [] if a stop or an eviction
-                # interrupted the wait.
+                # What the client's next bytes lead to, or why the wait ended without them.
                 more = await connection.next_actions(session, spool)
             finally:
                 ticket.waiting = False
                 if idle:
                     del self._idle[session]
             if ticket.evicted:  # our slot went to a newcomer while we waited, idle
-                actions = session.evict()
-            elif more is not None:
+                actions = session.wait_ended(
+                    WaitEnd.INTERRUPTED, stopping=self._stopping, evicted=True
+                )
+            elif isinstance(more, WaitEnd):
+                actions = session.wait_ended(more, stopping=self._stopping)
+            else:
                 ticket.active_at = time.monotonic()
                 actions = more
-            else:  # the session's timeout ran out
-                actions = session.shut_down() if self._stopping else session.expire()
 
     async def _drop(self, session: Session, spool: SpoolFile) -> None:
         """However the connection ended: carry out the Calls that end what the session still
@@ -360,10 +366,11 @@ class Server:
         if not actions:
             return
         with anyio.CancelScope(shield=True):
-            while actions:
-                action = actions.pop(0)
-                if isinstance(action, Call):
-                    actions += session.resolve(action, await self._call(action, spool))
+            while True:
+                action = run_inline(session, actions, _discard, spool.write)
+                if not isinstance(action, Call):
+                    return
+                actions = session.resolve(action, await self._call(action, spool))
 
     async def _call(self, action: Call, spool: SpoolFile) -> object:
         function, args = action.function, call_arguments(action, spool)
@@ -379,6 +386,10 @@ class Server:
             return await result if inspect.isawaitable(result) else result
         except Exception as exc:
             return exc
+
+
+def _discard(data: bytes) -> None:
+    """The connection is over: a reply would reach nobody."""
 
 
 async def serve(

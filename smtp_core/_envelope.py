@@ -24,6 +24,18 @@ class TLSInfo:
     cipher: str | None = None
     peer_certificate: dict[str, Any] | None = attrs.field(default=None, eq=False, repr=False)
 
+    @classmethod
+    def from_ssl_object(cls, ssl_object: Any) -> TLSInfo:
+        """Read an ``ssl.SSLObject`` or ``ssl.SSLSocket`` after its handshake (duck-typed:
+        ``version()``, ``cipher()``, ``getpeercert()``; smtp_core imports no ssl). One builder
+        for every adapter; a client without a certificate gives None."""
+        cipher = ssl_object.cipher()
+        return cls(
+            version=ssl_object.version(),
+            cipher=cipher[0] if cipher else None,
+            peer_certificate=ssl_object.getpeercert() or None,
+        )
+
 
 @attrs.frozen
 class SessionInfo:

@@ -11,6 +11,7 @@ replies produced on the way are batched into one ``Send`` per round (RFC 2920 §
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from datetime import datetime
@@ -80,6 +81,8 @@ __all__ = [
     "StepStart",
     "StepTransaction",
     "UpgradeToTLS",
+    "WaitEnd",
+    "count_handshake",
 ]
 
 log = logging.getLogger("smtpmux.session")
@@ -98,6 +101,33 @@ R_TOO_MANY_AUTH_FAILURES = Reply(421, "Too many failed logins, closing connectio
 R_AUTH_LOCKED_OUT = Reply(421, "Too many failed logins from your address, try again later", "4.7.0")
 R_ACCEPTED = Reply(250, "OK: message accepted", "2.0.0")
 R_TIMEOUT = Reply(421, "Timeout, closing connection", "4.4.2")
+
+
+class WaitEnd(enum.Enum):
+    """Why an adapter's wait for the client ended without bytes; ``Session.wait_ended`` says
+    what that means (one answer for every adapter)."""
+
+    TIMED_OUT = "timed out"  #: the session's ``timeout`` ran out
+    INTERRUPTED = "interrupted"  #: woken early: the server is stopping, or evicts the session
+
+
+def count_handshake(
+    metrics: Metrics,
+    outcome: object,
+    logger: logging.Logger,
+    failed: str,
+    *args: object,
+    extra: dict[str, Any] | None = None,
+) -> bool:
+    """Count a TLS handshake (implicit TLS or STARTTLS) and log a failure in words: one rule
+    for every listener. ``failed`` is the log message; its last ``%s`` is the reason."""
+    if isinstance(outcome, TLSInfo):
+        metrics.add(tls_handshakes=1)
+        return True
+    metrics.add(tls_failures=1)
+    reason = describe_tls_failure(outcome) if isinstance(outcome, BaseException) else repr(outcome)
+    logger.info(failed, *args, reason, extra=extra)
+    return False
 
 
 class Reject(Exception):
@@ -372,7 +402,7 @@ class Session:
         self.policy = policy or Policy()
         self.info = SessionInfo(session_id, self.config.hostname, peer=peer, tls=tls)
         self._clock = clock
-        self._trace = ProtocolTrace(self)
+        self._trace = ProtocolTrace(self.conn, session_id)
         self._out = bytearray()
         self._waiting: Action | None = None
         self._transactions = 0
@@ -446,6 +476,42 @@ class Session:
     def in_transaction(self) -> bool:
         """A MAIL transaction is open: a graceful stop lets it finish first."""
         return self.conn.in_transaction
+
+    def wait_ended(self, why: WaitEnd, *, stopping: bool, evicted: bool = False) -> list[Action]:
+        """A wait for the client ended without its bytes: the Actions that follows from it.
+
+        An eviction wins (the slot is promised to a newcomer: 421 4.4.2); then a stopping
+        server (421 4.3.2, whether the wait was woken or ran out: the client should hear
+        that the server is going away, as every other session a stop ends does); then the
+        session's own timeout (421 4.4.2). Woken for neither: [] (wait again)."""
+        if evicted:
+            return self.evict()
+        if stopping:
+            return self.shut_down()
+        if why is WaitEnd.TIMED_OUT:
+            return self.expire()
+        return []
+
+    def server_stopping(self) -> list[Action]:
+        """Between rounds, when the server stops: 421 4.3.2 and close, unless a transaction is
+        open ([]: a graceful stop lets it finish)."""
+        if self.conn.in_transaction:
+            return []
+        return self.shut_down()
+
+    def discard_before_tls(self, data: bytes) -> None:
+        """Bytes an adapter read after the 220 to STARTTLS but before the handshake: plaintext
+        a man in the middle may have injected, never commands (RFC 3207 §4.2, CVE-2011-0411).
+        Dropped here, counted with what the engine dropped from its own buffer."""
+        if not data:
+            return
+        self.conn.plaintext_discarded += len(data)
+        metrics = self.metrics
+        with metrics.lock:
+            metrics.bytes_received += len(data)
+        log.info(
+            "discarded %d octets sent before the TLS handshake", len(data), extra=self._log_extra
+        )
 
     def drop(self) -> list[Action]:
         """The connection is over, however it ended (our Close, a failed write, an error, a
@@ -955,13 +1021,11 @@ class Session:
     def _start_tls(self, event: StartTLS) -> Generator[_Question, object, None]:
         self._reply(event.default_reply)
         tls = yield UpgradeToTLS()
-        if not isinstance(tls, TLSInfo):
-            self.metrics.add(tls_failures=1)
-            reason = describe_tls_failure(tls) if isinstance(tls, BaseException) else repr(tls)
-            log.info("TLS handshake failed: %s", reason, extra=self._log_extra)
+        failed = "TLS handshake failed: %s"
+        if not count_handshake(self.metrics, tls, log, failed, extra=self._log_extra):
             yield Close()
             return
-        self.metrics.add(tls_handshakes=1)
+        assert isinstance(tls, TLSInfo)
         self.info = attrs.evolve(self.info, tls=tls, helo=None, auth_identity=None)
 
     def _invalid(self, event: InvalidCommand) -> None:

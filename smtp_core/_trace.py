@@ -12,13 +12,9 @@ also covers clients that (wrongly) send their responses before the challenge arr
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
-from ._server import _BDAT
+from ._server import _BDAT, ServerConnection
 from ._state import ServerState
-
-if TYPE_CHECKING:
-    from ._session import Session
 
 __all__ = ["ProtocolTrace"]
 
@@ -30,10 +26,13 @@ _MAX_PARTIAL = 4096  #: an unterminated line longer than this is shown as it is
 
 class ProtocolTrace:
     """The trace of one connection. The Session calls ``received`` before it feeds bytes to
-    the engine and ``sent`` for every Send it returns; both return at once when DEBUG is off."""
+    the engine and ``sent`` for every Send it returns; both return at once when DEBUG is off.
+    It reads the engine's state and knows the session by its id only (no import of the
+    Session, which owns it)."""
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
+    def __init__(self, conn: ServerConnection, session_id: str) -> None:
+        self._conn = conn
+        self._session_id = session_id
         self._partial = b""
         self._chunk_left = 0  # octets of the current BDAT chunk not yet seen
         self._in_auth = False
@@ -48,7 +47,7 @@ class ProtocolTrace:
         if not data:
             self._line("C:", "<end of stream>")
             return
-        if self._session.conn.state is ServerState.DATA:
+        if self._conn.state is ServerState.DATA:
             self._partial = b""
             self._line("C:", f"<{len(data)} octets of message content>")
             return
@@ -104,4 +103,4 @@ class ProtocolTrace:
     def _line(self, who: str, text: str) -> None:
         if len(text) > _MAX_SHOWN:
             text = f"{text[:_MAX_SHOWN]}... ({len(text)} characters)"
-        log.debug("%s %s %s", self._session.info.session_id, who, text)
+        log.debug("%s %s %s", self._session_id, who, text)

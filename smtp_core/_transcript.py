@@ -25,6 +25,7 @@ import attrs
 from ._config import ServerConfig
 from ._envelope import Envelope, TLSInfo
 from ._errors import RemoteProtocolError
+from ._lifecycle import run_inline
 from ._reply_reader import ReplyReader
 from ._router import Router
 from ._session import (
@@ -34,7 +35,6 @@ from ._session import (
     Deliver,
     Handler,
     Policy,
-    Send,
     Session,
     Spool,
     UpgradeToTLS,
@@ -106,20 +106,18 @@ class _Player:
         self.replies = TranscriptReplies()
 
     def run(self, actions: list[Action]) -> None:
-        queue = list(actions)
-        while queue:
-            action = queue.pop(0)
-            if isinstance(action, Send):
-                self.output += action.data
-            elif isinstance(action, Spool):
-                self.spool = self.spool or io.BytesIO()
-                self.spool.write(action.data)
-            elif isinstance(action, Close):
+        while True:
+            action = run_inline(self.session, actions, self.output.extend, self.keep, self.call)
+            if isinstance(action, UpgradeToTLS):
+                actions = self.session.resolve(action, TLSInfo("TLSv1.3", "TRANSCRIPT"))
+                continue
+            if isinstance(action, Close):
                 self.result.closed = True
-            elif isinstance(action, UpgradeToTLS):
-                queue[:0] = self.session.resolve(action, TLSInfo("TLSv1.3", "TRANSCRIPT"))
-            elif isinstance(action, Call):
-                queue[:0] = self.session.resolve(action, self.call(action))
+            return
+
+    def keep(self, action: Spool) -> None:
+        self.spool = self.spool or io.BytesIO()
+        self.spool.write(action.data)
 
     def call(self, action: Call) -> object:
         args: tuple[Any, ...] = action.args

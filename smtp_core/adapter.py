@@ -12,6 +12,8 @@ what they ask for. That vocabulary lives here, so the top level stays the applic
   ``WrapTLS``; ``ClientBase`` is what the anyio and the blocking client share;
 - ``Admission`` (configured at the top level) answers each new connection with ``Admitted``
   (and a ``Ticket`` to hand back when it ends) or ``TurnedAway``;
+- the lifecycle: a listener's ``SessionFactory`` builds each Session, ``run_inline`` carries
+  out the Actions that need no await, a wait that ended without bytes is a ``WaitEnd``;
 - helpers: ``describe_tls_failure`` for the log, ``address_literal`` for a client's EHLO name,
   ``script_steps``/``check_reply``/``TranscriptReplies`` to play a transcript against a live
   server.
@@ -31,6 +33,7 @@ from ._client_session import (
     Write,
     address_literal,
 )
+from ._lifecycle import SessionFactory, run_inline
 from ._logtext import describe_tls_failure
 from ._session import (
     AbortStep,
@@ -48,6 +51,7 @@ from ._session import (
     StepCall,
     StepRecipient,
     UpgradeToTLS,
+    WaitEnd,
 )
 from ._transcript import TranscriptReplies, check_reply, script_steps
 
@@ -67,6 +71,7 @@ __all__ = (
     "HandlerCall",
     "Read",
     "Send",
+    "SessionFactory",
     "Spool",
     "StepCall",
     "StepRecipient",
@@ -75,11 +80,13 @@ __all__ = (
     "TranscriptReplies",
     "TurnedAway",
     "UpgradeToTLS",
+    "WaitEnd",
     "WrapTLS",
     "Write",
     "address_literal",
     "check_reply",
     "describe_tls_failure",
+    "run_inline",
     "script_steps",
 )
 

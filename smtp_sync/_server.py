@@ -13,7 +13,6 @@ import ssl
 import struct
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -30,18 +29,15 @@ from smtp_core import (
     ServerConfig,
     Session,
     TLSInfo,
-    format_host_port,
 )
 from smtp_core.adapter import (
-    Action,
     Call,
-    Close,
-    Send,
-    Spool,
+    SessionFactory,
     Ticket,
     TurnedAway,
     UpgradeToTLS,
-    describe_tls_failure,
+    WaitEnd,
+    run_inline,
 )
 
 from ._spool import SpoolFile, call_arguments, is_async_callable, new_session_id, utc_now
@@ -56,11 +52,6 @@ _READ_SIZE = 64 * 1024  # larger reads allocate (and free) their buffer with mma
 #: a TLS socket cannot be woken by shutting its read side (the TLS layer then fails, and the
 #: 421 could not be sent), so its waits are cut in slices, checked for a stop or an eviction
 _TLS_WAIT_SLICE = 1.0
-
-
-def _tls_info(sock: ssl.SSLSocket) -> TLSInfo:
-    cipher = sock.cipher()
-    return TLSInfo(sock.version(), cipher[0] if cipher else None, sock.getpeercert() or None)
 
 
 @attrs.define(eq=False)
@@ -100,11 +91,10 @@ class Server:
     )
     _idle_workers: int = attrs.field(init=False, default=0)  #: waiting in _next_job, no job yet
     _forced: bool = attrs.field(init=False, default=False)  #: stop's deadline passed
+    _factory: SessionFactory | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         _refuse_async(self.router, self.policy)
-        if self.ssl_context is not None and not self.implicit_tls and not self.config.starttls:
-            self.config = attrs.evolve(self.config, starttls=True)
         if self.admission is None:
             if self.max_connections is not None:
                 self.limits = attrs.evolve(self.limits, max_connections=self.max_connections)
@@ -258,33 +248,40 @@ class Server:
             self.admission.leave(ticket)
             sock.close()
 
+    def _sessions_factory(self) -> SessionFactory:
+        """This listener's SessionFactory; built again when a reload swapped what it uses."""
+        with self._lock:
+            factory = self._factory
+            if factory is None or not factory.serves(
+                self.router, self.config, self.policy, self.proxy_protocol_from
+            ):
+                factory = self._factory = SessionFactory(
+                    router=self.router,
+                    config=self.config,
+                    policy=self.policy,
+                    clock=self.clock,
+                    new_id=new_session_id,
+                    metrics=self.metrics,
+                    admission=self.admission,
+                    tls_configured=self.ssl_context is not None,
+                    implicit_tls=self.implicit_tls,
+                    proxy_protocol_from=self.proxy_protocol_from,
+                )
+            return factory
+
     def _connection(self, sock: socket.socket, address: Any, ticket: Ticket[Any]) -> None:
         peer = (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
-        tls = None
+        factory, tls = self._sessions_factory(), None
         if self.implicit_tls:
-            assert self.admission is not None
-            timeout = self.admission.timeout(self.config.tls_handshake_timeout)
             try:
-                sock = self._handshake(sock, timeout)
+                sock = self._handshake(sock, factory.handshake_timeout)
+                outcome: object = TLSInfo.from_ssl_object(sock)
             except OSError as exc:  # the client's failure (plaintext, bad version, timeout)
-                shown = format_host_port(*peer) if peer else "a client"
-                log.info("TLS handshake with %s failed: %s", shown, describe_tls_failure(exc))
-                self.metrics.add(tls_failures=1)
+                outcome = exc
+            tls = factory.handshake(peer, outcome)
+            if tls is None:
                 return
-            self.metrics.add(tls_handshakes=1)
-            tls = _tls_info(sock)
-        session = Session(
-            self.router,
-            clock=self.clock,
-            session_id=new_session_id(),
-            config=self.config,
-            policy=self.policy,
-            peer=peer,
-            tls=tls,
-            proxy_protocol=peer is not None and peer[0] in self.proxy_protocol_from,
-            metrics=self.metrics,
-            admission=self.admission,
-        )
+        session = factory(peer, tls)
         ticket.handle, ticket.session = sock, session
         with self._lock:
             self._sessions[session] = sock
@@ -307,63 +304,66 @@ class Server:
     ) -> None:
         assert self.admission is not None
         admission_lock = self.admission.lock
-        actions: deque[Action] = deque(session.start())
+        actions = session.start()
         timeout, timed = 0.0, None  # the timeout applied to the socket ``timed``
+
+        def write(data: bytes) -> bool:
+            try:
+                sock.sendall(data)  # ``sock``: the TLS socket, once STARTTLS made one
+            except OSError:  # the client is gone; nothing accepted is pending
+                return False
+            return True
+
+        def call(action: Call) -> object:
+            return _call(action, spool)
+
         while True:
-            while actions:
-                action = actions.popleft()
-                if isinstance(action, Send):
-                    try:
-                        sock.sendall(action.data)
-                    except OSError:  # the client is gone; nothing accepted is pending
-                        return
-                elif isinstance(action, Spool):
-                    spool.write(action)
-                elif isinstance(action, Close):
-                    return
-                elif isinstance(action, UpgradeToTLS):
-                    try:
-                        sock = self._handshake(sock, session.tls_timeout)
-                        outcome: object = _tls_info(sock)
-                        with self._lock:
-                            self._sessions[session] = sock
-                        with admission_lock:
-                            ticket.handle = sock
-                    except (OSError, ssl.SSLError) as exc:
-                        outcome = exc
-                    actions.extend(session.resolve(action, outcome))
-                elif isinstance(action, Call):
-                    actions.extend(session.resolve(action, _call(action, spool)))
-            if self._stopping.is_set() and not session.in_transaction:
-                actions.extend(session.shut_down())
+            action = run_inline(session, actions, write, spool.write, call)
+            if isinstance(action, UpgradeToTLS):
+                try:
+                    sock = self._handshake(sock, session.tls_timeout)
+                    outcome: object = TLSInfo.from_ssl_object(sock)
+                    with self._lock:
+                        self._sessions[session] = sock
+                    with admission_lock:
+                        ticket.handle = sock
+                except (OSError, ssl.SSLError) as exc:
+                    outcome = exc
+                actions = session.resolve(action, outcome)
                 continue
+            if action is not None:  # Close, or the client is gone
+                return
+            if self._stopping.is_set():
+                actions = session.server_stopping()
+                if actions:
+                    continue
             if session.timeout != timeout or sock is not timed:
                 timeout, timed = session.timeout, sock
                 _apply_timeout(sock, timeout)
             ticket.waiting = True  # a full server may evict us now, if we are idle
-            ended: Callable[[], list[Action]] | None = None  # the wait ended without data
+            ended: WaitEnd | None = None  # why the wait ended without data
             try:
                 if isinstance(sock, ssl.SSLSocket):
                     data = self._receive_tls(sock, session, ticket, timeout)
                 else:
                     data = sock.recv(_READ_SIZE)
             except (TimeoutError, BlockingIOError):  # BlockingIOError: SO_RCVTIMEO ran out
-                ended, data = session.expire, b""
+                ended, data = WaitEnd.TIMED_OUT, b""
             except OSError:
-                ended = session.shut_down if self._stopping.is_set() else None
                 data = b""
+            if not data and ended is None and self._stopping.is_set():  # stop() shut our read
+                ended = WaitEnd.INTERRUPTED
             with admission_lock:  # the acceptor decides evictions under this lock
                 ticket.waiting = False
-                if ticket.evicted:  # our slot went to a newcomer while we waited, idle
-                    ended = session.evict
+                evicted = ticket.evicted  # our slot went to a newcomer while we waited, idle
+            if evicted:
+                ended = WaitEnd.INTERRUPTED
             if ended is not None:
-                actions.extend(ended())
+                stopping = self._stopping.is_set()
+                actions = session.wait_ended(ended, stopping=stopping, evicted=evicted)
                 continue
             ticket.active_at = time.monotonic()
-            if not data and self._stopping.is_set():  # stop() shut our read side: say 421
-                actions.extend(session.shut_down())
-                continue
-            actions.extend(session.receive_data(data))
+            actions = session.receive_data(data)
 
     def _receive_tls(
         self, sock: ssl.SSLSocket, session: Session, ticket: Ticket[Any], timeout: float
@@ -432,11 +432,11 @@ def _apply_timeout(sock: socket.socket, seconds: float) -> None:
 def _drop(session: Session, spool: SpoolFile) -> None:
     """However the connection ended: carry out the Calls that end what the session still has
     open (step transactions), before the socket is closed."""
-    actions = session.drop()
-    while actions:
-        action = actions.pop(0)
-        if isinstance(action, Call):
-            actions += session.resolve(action, _call(action, spool))
+    run_inline(session, session.drop(), _discard, spool.write, lambda action: _call(action, spool))
+
+
+def _discard(data: bytes) -> None:
+    """The connection is over: a reply would reach nobody."""
 
 
 def _call(action: Call, spool: SpoolFile) -> object:

@@ -351,6 +351,37 @@ def test_graceful_shutdown_sends_421_to_idle_sessions(kind: str, router: Router[
     sock.close()
 
 
+def _stopping(server: Any) -> bool:
+    """Has ``stop()`` begun? (a bool on smtp_anyio, an Event on smtp_sync)"""
+    flag = server._stopping
+    return flag.is_set() if isinstance(flag, threading.Event) else bool(flag)
+
+
+def test_a_timeout_while_stopping_gets_421_4_3_2(kind: str, router: Router[Any]) -> None:
+    """A transaction's wait that runs out during a graceful stop: the server is going away,
+    so the client hears that (4.3.2, as every other session a stop ends), on every backend."""
+    config = ServerConfig(command_timeout=1.0)
+    context = running(kind, router, config=config)
+    server = context.__enter__()
+    stopper = threading.Thread(target=context.__exit__, args=(None, None, None))
+    try:
+        with raw(server.port) as sock:
+            assert read_replies(sock, 1)[0][:3] == b"220"
+            sock.sendall(b"EHLO c.example\r\nMAIL FROM:<a@example.org>\r\n")
+            assert [line[:3] for line in read_replies(sock, 2)] == [b"250", b"250"]
+            stopper.start()  # the transaction keeps the stop waiting
+            wait_for(lambda: _stopping(server))
+            sock.sendall(b"RCPT TO:<b@example.com>\r\n")  # this wait begins after the stop
+            assert read_replies(sock, 1)[0][:3] == b"250"
+            assert read_replies(sock, 1) == [b"421 4.3.2 Service shutting down, try again later"]
+            assert sock.recv(10) == b""
+    finally:
+        if stopper.ident is None:  # failed before the stop began
+            context.__exit__(None, None, None)
+        else:
+            stopper.join()
+
+
 def _fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 

@@ -186,3 +186,20 @@ def test_debug_trace_never_shows_content_live(
         assert sum(sizes) == len(body)
     else:  # DATA is counted as it came: the body, then "." CRLF
         assert sum(sizes) == len(body) + 3
+
+
+def test_the_trace_does_not_import_the_session() -> None:
+    """The Session owns its trace; the trace knows the engine and an id, so the two modules
+    do not import each other (not even for type checking)."""
+    import ast
+    from pathlib import Path
+
+    import smtp_core._trace
+
+    tree = ast.parse(Path(smtp_core._trace.__file__).read_text(encoding="utf-8"))
+    imported = {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module is not None
+    }
+    assert "_session" not in imported
