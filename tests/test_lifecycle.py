@@ -12,21 +12,23 @@ from typing import Any
 import pytest
 
 from smtp_core import (
+    Metrics,
+    Policy,
+    Router,
+    ServerConfig,
+    ServerState,
+    Session,
+    TLSInfo,
+)
+from smtp_core.adapter import (
     Action,
     Call,
     Close,
     Connect,
     Deliver,
-    Metrics,
-    Policy,
-    Router,
     Send,
-    ServerConfig,
-    ServerState,
-    Session,
     SessionFactory,
     Spool,
-    TLSInfo,
     UpgradeToTLS,
     WaitEnd,
     run_inline,
