@@ -4,7 +4,7 @@
     python docs/state_diagram.py --write    # replace the block in docs/engine.md
 
 The diagram in docs/engine.md is this script's output, never edited by hand; a test
-(tests/test_engine_states.py) fails when the tables and the page disagree.
+(tests/engine/test_engine_states.py) fails when the tables and the page disagree.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from .servers import KINDS, TLS, Collect
-from .tools import require
+from tests.servers import KINDS, TLS, Collect
+from tests.tools import require
 
 
 @pytest.fixture(params=KINDS)

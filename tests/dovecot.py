@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .tools import require
+from tests.tools import require
 
 #: the users the instance knows (see the module's docstring for what each one is for)
 USERS = ("alice", "bob", "carol", "dave")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .tools import needs
+from tests.tools import needs
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = ROOT / "benchmarks" / "suite.py"

@@ -43,8 +43,7 @@ from smtp_core import (
     ServerConfig,
     SessionInfo,
 )
-
-from .servers import TLS, Collect
+from tests.servers import TLS, Collect
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .tools import find, missing, require
+from tests.tools import find, missing, require
 
 MISSING = "smtpmux-no-such-tool"
 
