@@ -45,7 +45,7 @@ from smtp_sync.adapter import (
     SpoolFile,
     call_arguments,
     is_async_callable,
-    new_session_id,
+    session_factory,
     utc_now,
 )
 
@@ -276,22 +276,7 @@ class Server:
 
     def _sessions_factory(self) -> SessionFactory:
         """This listener's SessionFactory; built again when a reload swapped what it uses."""
-        factory = self._factory
-        if factory is None or not factory.serves(
-            self.router, self.config, self.policy, self.proxy_protocol_from
-        ):
-            factory = self._factory = SessionFactory(
-                router=self.router,
-                config=self.config,
-                policy=self.policy,
-                clock=self.clock,
-                new_id=new_session_id,
-                metrics=self.metrics,
-                admission=self.admission,
-                tls_configured=self.ssl_context is not None,
-                implicit_tls=self.implicit_tls,
-                proxy_protocol_from=self.proxy_protocol_from,
-            )
+        self._factory = factory = session_factory(self, self._factory)
         return factory
 
     async def _open(self, connection: Connection, admission: Admission[Any]) -> Session | None:

@@ -40,7 +40,7 @@ from smtp_core.adapter import (
     run_inline,
 )
 
-from ._spool import SpoolFile, call_arguments, is_async_callable, new_session_id, utc_now
+from ._spool import SpoolFile, call_arguments, is_async_callable, session_factory, utc_now
 
 __all__ = ["Server"]
 
@@ -251,23 +251,8 @@ class Server:
     def _sessions_factory(self) -> SessionFactory:
         """This listener's SessionFactory; built again when a reload swapped what it uses."""
         with self._lock:
-            factory = self._factory
-            if factory is None or not factory.serves(
-                self.router, self.config, self.policy, self.proxy_protocol_from
-            ):
-                factory = self._factory = SessionFactory(
-                    router=self.router,
-                    config=self.config,
-                    policy=self.policy,
-                    clock=self.clock,
-                    new_id=new_session_id,
-                    metrics=self.metrics,
-                    admission=self.admission,
-                    tls_configured=self.ssl_context is not None,
-                    implicit_tls=self.implicit_tls,
-                    proxy_protocol_from=self.proxy_protocol_from,
-                )
-            return factory
+            self._factory = session_factory(self, self._factory)
+            return self._factory
 
     def _connection(self, sock: socket.socket, address: Any, ticket: Ticket[Any]) -> None:
         peer = (str(address[0]), int(address[1])) if isinstance(address, tuple) else None

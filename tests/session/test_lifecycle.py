@@ -132,6 +132,25 @@ def test_factory_serves_says_whether_a_reload_swapped_its_inputs(router: Router[
     assert not made.serves(Router(), config, policy, trusted)
 
 
+@pytest.mark.parametrize("kind", ["anyio", "sync"])
+def test_a_server_keeps_its_factory_until_a_reload_swaps_its_settings(
+    router: Router[Any], kind: str
+) -> None:
+    """Both servers build their SessionFactory with smtp_sync.adapter.session_factory, from
+    their own settings: the same one for every connection, a new one after a reload."""
+    import smtp_anyio
+    import smtp_sync
+    from smtp_sync.adapter import session_factory
+
+    server: Any = (smtp_anyio.Server if kind == "anyio" else smtp_sync.Server)(router, port=0)
+    first = session_factory(server, None)
+    assert session_factory(server, first) is first
+    assert first(PEER).conn.state is ServerState.GREETING and not first.implicit_tls
+    server.config = ServerConfig(hostname="reloaded.example")  # what SIGHUP does
+    second = session_factory(server, first)
+    assert second is not first and second(PEER).info.hostname == "reloaded.example"
+
+
 @pytest.mark.parametrize(
     ("outcome", "counted", "logged"),
     [
