@@ -531,7 +531,7 @@ def test_transactions_ended_in_every_way(
 def test_state_diagram_in_the_docs_is_drawn_from_the_tables() -> None:
     """docs/engine.md shows docs/state_diagram.py's output; after changing a table, run
     ``python docs/state_diagram.py --write``."""
-    path = Path(__file__).parent.parent / "docs" / "state_diagram.py"
+    path = Path(__file__).parents[2] / "docs" / "state_diagram.py"
     spec = importlib.util.spec_from_file_location("state_diagram", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
