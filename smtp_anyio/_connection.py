@@ -96,6 +96,8 @@ class Connection(Protocol):
 class StreamConnection:
     """A connection over an anyio ByteStream: works on every backend, with or without TLS."""
 
+    __slots__ = ("_interrupted", "_pending", "_scope", "stream")  # one per connection (W5)
+
     def __init__(self, stream: ByteStream) -> None:
         self.stream = stream
         self._scope: anyio.CancelScope | None = None
@@ -211,6 +213,20 @@ class SocketConnection:
     and checkpoints around every read and write. STARTTLS (or implicit TLS) hands over to a
     ``StreamConnection`` on the same stream, which has read nothing so far.
     """
+
+    #: one per connection: slots instead of a __dict__ (the W5 idle-connection memory)
+    __slots__ = (
+        "_broken",
+        "_ended",
+        "_more",
+        "_read_buffer",
+        "_tls",
+        "_unsent",
+        "_waiting",
+        "_watchdog",
+        "socket",
+        "stream",
+    )
 
     def __init__(self, stream: ByteStream, watchdog: Watchdog, read_buffer: memoryview) -> None:
         self.stream = stream
