@@ -19,7 +19,7 @@ import math
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
 import anyio
@@ -96,6 +96,8 @@ class Connection(Protocol):
 class StreamConnection:
     """A connection over an anyio ByteStream: works on every backend, with or without TLS."""
 
+    __slots__ = ("_interrupted", "_pending", "_scope", "stream")  # one per connection (W5)
+
     def __init__(self, stream: ByteStream) -> None:
         self.stream = stream
         self._scope: anyio.CancelScope | None = None
@@ -170,6 +172,16 @@ class Watchdog:
     wakes about once per timeout period."""
 
     def __init__(self) -> None:
+        import trio  # a Watchdog serves SocketConnections, which run only on trio
+
+        #: trio's own wait, not ``anyio.wait_readable``: anyio's two wrapper coroutines stay
+        #: alive on every idle connection's stack (about 430 B each, W5); trio's
+        #: ClosedResourceError is then the one a ``notify_closing`` raises
+        self.wait_readable: Callable[[socket.socket], Awaitable[None]] = trio.lowlevel.wait_readable
+        self.closed: tuple[type[Exception], ...] = (
+            anyio.ClosedResourceError,
+            trio.ClosedResourceError,
+        )
         self._deadlines: dict[SocketConnection, float] = {}
         self._wake_at = math.inf
         self._scope: anyio.CancelScope | None = None
@@ -205,12 +217,26 @@ class SocketConnection:
     """Plain TCP straight on the non-blocking socket under an anyio SocketStream (for trio).
 
     ``recv_into`` (a buffer shared by the server's connections) and ``send`` go to the socket
-    itself; the task waits (``anyio.wait_readable``) only for the client's next bytes, and its
+    itself; the task waits (trio's ``wait_readable``) only for the client's next bytes, and its
     timeout is kept by a ``Watchdog``, which (like a stop) ends the wait with
     ``anyio.notify_closing``. A stream instead costs a cancel scope per read
     and checkpoints around every read and write. STARTTLS (or implicit TLS) hands over to a
     ``StreamConnection`` on the same stream, which has read nothing so far.
     """
+
+    #: one per connection: slots instead of a __dict__ (the W5 idle-connection memory)
+    __slots__ = (
+        "_broken",
+        "_ended",
+        "_more",
+        "_read_buffer",
+        "_tls",
+        "_unsent",
+        "_waiting",
+        "_watchdog",
+        "socket",
+        "stream",
+    )
 
     def __init__(self, stream: ByteStream, watchdog: Watchdog, read_buffer: memoryview) -> None:
         self.stream = stream
@@ -231,23 +257,24 @@ class SocketConnection:
     async def next_actions(self, session: Session, spool: SpoolFile) -> list[Action] | WaitEnd:
         if self._tls is not None:
             return await self._tls.next_actions(session, spool)
-        sock, buffer = self.socket, self._read_buffer
-        self._watchdog.watch(self, anyio.current_time() + session.timeout)
+        sock, buffer, watchdog = self.socket, self._read_buffer, self._watchdog
+        wait_readable = watchdog.wait_readable
+        watchdog.watch(self, anyio.current_time() + session.timeout)
         self._waiting = True
         try:
             if self._more:
                 await anyio.lowlevel.checkpoint()  # let the other connections run too
             else:  # a reply just went out: wait for the answer
-                await anyio.wait_readable(sock)
+                await wait_readable(sock)
             while True:
                 try:
                     size = sock.recv_into(buffer)
                     break
                 except BlockingIOError:
-                    await anyio.wait_readable(sock)
+                    await wait_readable(sock)
             self._more = size == len(buffer)
             data = bytes(buffer[:size])
-        except anyio.ClosedResourceError:
+        except watchdog.closed:
             if self._waiting:  # not ended by expire() or interrupt(): the socket is gone
                 data = b""
             else:

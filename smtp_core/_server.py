@@ -162,6 +162,36 @@ class ServerConnection:
     event that has a ``default_reply`` with ``send()``, write what ``send()`` returns.
     """
 
+    #: one per connection: slots instead of a __dict__ (the W5 idle-connection memory)
+    __slots__ = (
+        "_authenticated",
+        "_bdat_last",
+        "_bdat_left",
+        "_bdat_line",
+        "_bdat_refusal",
+        "_buffer",
+        "_command_limit",
+        "_eof",
+        "_hello",
+        "_line_limit",
+        "_machine",
+        "_mail",
+        "_mechanism",
+        "_message_size",
+        "_offered_hello",
+        "_offered_mail",
+        "_pending_count",
+        "_reader",
+        "_recipients",
+        "_reject",
+        "_scanned",
+        "_skipped_head",
+        "_skipping",
+        "_tls",
+        "config",
+        "plaintext_discarded",
+    )
+
     def __init__(
         self, config: ServerConfig | None = None, *, tls: bool = False, proxy_protocol: bool = False
     ) -> None:

@@ -377,6 +377,34 @@ class Session:
     """One connection's conversation. Start with ``start()``; then ``receive_data`` and
     ``resolve`` each return the next Actions. ``timeout`` is the wait that applies now."""
 
+    #: one per connection: slots instead of a __dict__ (the W5 idle-connection memory)
+    __slots__ = (
+        "_auth_failures",
+        "_clock",
+        "_closed",
+        "_content",
+        "_conversation",
+        "_errors",
+        "_inline_addressable",
+        "_mail",
+        "_mail_at",
+        "_out",
+        "_recipients",
+        "_size",
+        "_spooled",
+        "_steps",
+        "_trace",
+        "_transactions",
+        "_waiting",
+        "admission",
+        "config",
+        "conn",
+        "info",
+        "metrics",
+        "policy",
+        "router",
+    )
+
     def __init__(
         self,
         router: Router[Handler],

@@ -30,6 +30,8 @@ class ProtocolTrace:
     It reads the engine's state and knows the session by its id only (no import of the
     Session, which owns it)."""
 
+    __slots__ = ("_chunk_left", "_conn", "_in_auth", "_partial", "_session_id", "enabled")
+
     def __init__(self, conn: ServerConnection, session_id: str) -> None:
         self._conn = conn
         self._session_id = session_id

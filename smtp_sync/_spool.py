@@ -44,6 +44,8 @@ def new_session_id() -> str:
 class SpoolFile:
     """The current transaction's spool file, created when the Session first spools."""
 
+    __slots__ = ("file",)  # one per connection (W5)
+
     def __init__(self) -> None:
         self.file: BinaryIO | None = None
 
