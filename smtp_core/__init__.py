@@ -103,6 +103,7 @@ from ._session import (
     StepHandler,
     StepStart,
     StepTransaction,
+    combined_refusal,
 )
 from ._state import ServerState
 from ._transcript import TranscriptError, TranscriptResult, run_transcript
@@ -193,6 +194,7 @@ __all__ = (
     "TranscriptResult",
     "Verify",
     "XOAuth2Client",
+    "combined_refusal",
     "default_router",
     "encode_proxy_header",
     "format_host_port",

@@ -82,6 +82,7 @@ __all__ = [
     "StepTransaction",
     "UpgradeToTLS",
     "WaitEnd",
+    "combined_refusal",
     "count_handshake",
 ]
 
@@ -1088,10 +1089,17 @@ class Session:
         }
 
 
+def combined_refusal(replies: Iterable[Reply]) -> Reply | None:
+    """One refusal for several answers (recipients, or the targets of a fan-out): the first
+    temporary one (so that the sender retries), else the first permanent one; None when every
+    answer accepted."""
+    failures = [reply for reply in replies if reply.code >= 400]
+    return next((r for r in failures if r.code < 500), failures[0]) if failures else None
+
+
 def _combined(replies: list[Reply]) -> Reply:
     """SMTP has one reply for all recipients: success only if every handler accepted."""
-    failures = [r for r in replies if r.code >= 400]
-    if not failures:
-        return replies[0] if replies else R_ACCEPTED
-    transient = [r for r in failures if r.code < 500]
-    return transient[0] if transient else failures[0]
+    refusal = combined_refusal(replies)
+    if refusal is not None:
+        return refusal
+    return replies[0] if replies else R_ACCEPTED

@@ -10,13 +10,12 @@ import it without a cycle: ``targets`` loads the target modules lazily, by name.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 from smtp_core import Envelope, Reject, Reply
 
 __all__ = [
     "CHUNK",
-    "combined_refusal",
     "message_chunks",
     "message_id",
     "message_size",
@@ -111,14 +110,6 @@ def temporary(reason: str, enhanced: str = "4.4.1", code: int = 451) -> Reject:
 def permanent(reason: str, enhanced: str = "5.0.0", code: int = 550) -> Reject:
     """``raise permanent("…")``: a 5xx with the reason; the sender bounces the message."""
     return Reject(Reply(code, reason, enhanced))
-
-
-def combined_refusal(replies: Iterable[Reply]) -> Reply | None:
-    """One refusal for several answers (recipients, or targets of a fan-out): the first
-    temporary one (so that the sender retries), else the first permanent one; None when every
-    answer accepted."""
-    failures = [reply for reply in replies if reply.code >= 400]
-    return next((r for r in failures if r.code < 500), failures[0]) if failures else None
 
 
 def seconds(value: str) -> float | None:

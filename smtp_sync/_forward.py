@@ -51,11 +51,12 @@ from smtp_core import (
     SMTPRefused,
     StepStart,
     TLSMode,
+    combined_refusal,
     format_host_port,
 )
 
 from ._client import Client
-from ._delivery import combined_refusal, message_chunks, permanent, seconds, temporary
+from ._delivery import message_chunks, permanent, seconds, temporary
 
 __all__ = ["LMTPForward", "SMTPForward", "forward_target"]
 

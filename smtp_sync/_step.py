@@ -20,9 +20,10 @@ from smtp_core import (
     StepHandler,
     StepStart,
     StepTransaction,
+    combined_refusal,
 )
 
-from ._delivery import combined_refusal, permanent, temporary
+from ._delivery import permanent, temporary
 from ._spool import is_async_callable
 
 __all__ = ["FanOut", "RejectTarget", "StepFanOut", "fan_out", "reject_target"]

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from smtp_core import Reject, Reply
+from smtp_core import Reject, Reply, combined_refusal
 from smtp_sync import _delivery, targets
 from smtp_sync._delivery import (
-    combined_refusal,
     message_chunks,
     message_id,
     message_size,
