@@ -333,25 +333,13 @@ class Policy:
 def _offering_auth(config: ServerConfig, policy: Policy) -> ServerConfig:
     """The config a Session runs with: ``auth_mechanisms=None`` (the default) becomes PLAIN and
     LOGIN when the policy overrides ``authenticate`` (so a policy that can check passwords is
-    asked), and no AUTH otherwise. Decided here once, for every adapter."""
+    asked), and no AUTH otherwise. Decided here, for every adapter; a server's SessionFactory
+    decides it once per listener, so its Sessions get a config that needs nothing more."""
     if config.auth_mechanisms is not None:
         return config
     authenticates = getattr(policy.authenticate, "__func__", None) is not Policy.authenticate
-    key = (id(config), authenticates)
-    cached = _resolved_configs.get(key)
-    if cached is not None and cached[0] is config:
-        return cached[1]
     mechanisms = (PlainMechanism, LoginMechanism) if authenticates else ()
-    resolved = attrs.evolve(config, auth_mechanisms=mechanisms)
-    if len(_resolved_configs) >= 64:
-        _resolved_configs.clear()
-    _resolved_configs[key] = (config, resolved)  # holding ``config`` keeps its id unique
-    return resolved
-
-
-#: One resolved config per (server config, policy kind), not one per connection; by identity,
-#: since comparing two configs field by field costs more than the lookup saves.
-_resolved_configs: dict[tuple[int, bool], tuple[ServerConfig, ServerConfig]] = {}
+    return attrs.evolve(config, auth_mechanisms=mechanisms)
 
 
 # --- the session -----------------------------------------------------------------------------
