@@ -136,11 +136,9 @@ class _FileReloader(Reloader):
         admission: Admission[Any] = self.servers[0]["admission"]
         with admission.lock:
             admission.update(fresh["admission"].limits, exempt=fresh["proxy_protocol_from"])
-        for server in self.running:
-            config = swapped["config"]
-            if server.ssl_context is not None and not server.implicit_tls:
-                config = attrs.evolve(config, starttls=True)
-            server.router, server.policy, server.config = swapped["router"], fresh["policy"], config
+        for server in self.running:  # its SessionFactory decides STARTTLS from its context
+            server.router, server.policy = swapped["router"], fresh["policy"]
+            server.config = swapped["config"]
             server.proxy_protocol_from = swapped["proxy_protocol_from"]
         self.args = args
         log.info("reloaded %s: %d routes", args.config, len(swapped["router"]))
