@@ -49,7 +49,9 @@ from ._state import (
     ACCEPTS,
     REFUSALS,
     TRANSACTION_STATES,
+    P,
     Pending,
+    S,
     ServerMachine,
     ServerState,
     Signal,
@@ -57,9 +59,6 @@ from ._state import (
 )
 
 __all__ = ["ServerConnection"]
-
-S = ServerState
-P = Pending
 
 SASL_LINE_LIMIT = 12288  # RFC 4954 §4: AUTH lines and responses may be this long
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is tolerated between words
@@ -101,8 +100,29 @@ R_BDAT_SYNTAX = _r(501, "Syntax: BDAT size [LAST]; closing connection", "5.5.4")
 R_PROXY_EXPECTED = _r(500, "PROXY header expected", "5.5.1")
 
 
-@functools.lru_cache(maxsize=1024)
+# Each reply's bytes by the reply's identity, one table per enhanced_codes setting: most
+# replies are the same few objects (event defaults, module constants), and a hit here costs
+# no call into Reply's Python-level __hash__ (attrs), which the value-keyed cache below does.
+# An entry holds its reply, so no other object can take that id while the entry lives.
+_WIRE_MAX = 1024
+_WIRE: tuple[dict[int, tuple[Reply, bytes]], dict[int, tuple[Reply, bytes]]] = ({}, {})
+
+
 def _format(reply: Reply, enhanced_codes: bool) -> bytes:
+    wire = _WIRE[1 if enhanced_codes else 0]
+    entry = wire.get(id(reply))
+    if entry is not None and entry[0] is reply:
+        return entry[1]
+    data = _render(reply, bool(enhanced_codes))
+    if len(wire) >= _WIRE_MAX:  # replies made per command (EHLO's): keep the table bounded
+        wire.clear()
+    wire[id(reply)] = (reply, data)
+    return data
+
+
+@functools.lru_cache(maxsize=1024)
+def _render(reply: Reply, enhanced_codes: bool) -> bytes:
+    """A reply's bytes, checked; cached by value (an equal reply made anew, such as EHLO's)."""
     code = reply.code
     if not (isinstance(code, int) and 200 <= code <= 599):
         raise LocalProtocolError(f"reply code must be 200-599, not {code!r}")
@@ -304,6 +324,9 @@ class ServerConnection:
             return self._read_data()
         if state is S.PROXY:
             return self._read_proxy()
+        if not self._buffer:  # every round ends here: _next_line would find no line either
+            self._scanned = 0
+            return self._closed() if self._eof else NEED_DATA
         line = self._next_line()
         if line is None:
             return self._closed() if self._eof else NEED_DATA

@@ -55,7 +55,7 @@ from ._metrics import Metrics
 from ._router import Router
 from ._sasl import LoginMechanism, PlainMechanism
 from ._server import ServerConnection
-from ._state import ServerState
+from ._state import S, ServerState
 from ._trace import ProtocolTrace
 
 __all__ = [
@@ -648,6 +648,8 @@ class Session:
                 self._mail_from(event)
             elif isinstance(event, (StartData, Noop)):
                 self._reply(event.default_reply)
+            elif isinstance(event, EndOfData):  # one generator less than through _handle
+                yield from self._end_of_data(event)
             elif isinstance(event, Sentinel):
                 raise AssertionError("PAUSED: the session answers every event before the next")
             elif isinstance(event, ConnectionClosed):
@@ -659,7 +661,7 @@ class Session:
                 self._reset_transaction()
                 if self._steps:  # begun but not delivered (RSET, EHLO, refused content...)
                     yield from self._end_steps()
-            if conn.state is ServerState.CLOSED:
+            if conn.state is S.CLOSED:  # S: the fast alias of ServerState (see _state)
                 return
 
     def _protocol_error(self, exc: RemoteProtocolError) -> None:
@@ -683,7 +685,7 @@ class Session:
 
     def _handle(self, event: Event) -> Generator[_Question, object, None]:
         """Every event but the common ones _converse answers itself (content, MAIL, DATA,
-        NOOP, and RCPT under the default relay check)."""
+        NOOP, the end of data, and RCPT under the default relay check)."""
         if isinstance(event, Hello):
             self._reply(event.default_reply)
             if self.conn.hello is event:
@@ -905,9 +907,14 @@ class Session:
         """Call each handler once with its recipients; one reply per recipient, in order."""
         assert self._mail is not None
         self._transactions += 1
+        recipients = self._recipients
         groups: dict[int, list[int]] = {}
-        for index, recipient in enumerate(self._recipients):
-            groups.setdefault(id(recipient.handler), []).append(index)
+        first = recipients[0].handler if recipients else None
+        if first is not None and all(r.handler is first for r in recipients):
+            groups[id(first)] = list(range(len(recipients)))  # one handler: as the loop would
+        else:
+            for index, recipient in enumerate(recipients):
+                groups.setdefault(id(recipient.handler), []).append(index)
         content: bytes = b"" if self._spooled else b"".join(self._content)
         replies: list[Reply] = [R_ACCEPTED] * len(self._recipients)
         received_at = self._clock()
