@@ -12,6 +12,7 @@ replies produced on the way are batched into one ``Send`` per round (RFC 2920 §
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from datetime import datetime
@@ -460,7 +461,10 @@ class Session:
 
     def start(self) -> list[Action]:
         """The first Actions: the PROXY header wait, the connect hook, or the greeting."""
-        self.metrics.add(connections=1, connections_open=1)
+        metrics = self.metrics
+        with metrics.lock:  # as metrics.add(...), without its keyword loop (once per connection)
+            metrics.connections += 1
+            metrics.connections_open += 1
         return self._advance(None)
 
     def receive_data(self, data: bytes) -> list[Action]:
@@ -591,7 +595,9 @@ class Session:
     def _mark_closed(self) -> None:
         if not self._closed:
             self._closed = True
-            self.metrics.add(connections_open=-1)
+            metrics = self.metrics
+            with metrics.lock:
+                metrics.connections_open -= 1
 
     # --- the conversation ----------------------------------------------------------------
 
@@ -614,7 +620,7 @@ class Session:
         if not isinstance(greeting, Reply):
             if isinstance(greeting, BaseException):
                 log.error("on_connect hook failed", exc_info=greeting, extra=self._log_extra)
-            greeting = Reply(220, f"{self.config.hostname} ESMTP smtpmux")
+            greeting = _greeting(self.config.hostname)
         self._reply(greeting)
         if greeting.code != 220 and greeting.code != 554:
             return
@@ -689,9 +695,7 @@ class Session:
         if isinstance(event, Hello):
             self._reply(event.default_reply)
             if self.conn.hello is event:
-                self.info = attrs.evolve(
-                    self.info, helo=event.name, extended=event.extended, lmtp=event.lmtp
-                )
+                self.info = _with_hello(self.info, event)
         elif isinstance(event, RcptTo):
             yield from self._rcpt_to(event)
         elif isinstance(event, (EndOfData, BdatChunk)):
@@ -1082,6 +1086,30 @@ class Session:
             "tls": info.tls.version if info.tls else None,
             "auth_identity": info.auth_identity,
         }
+
+
+@functools.lru_cache(maxsize=64)
+def _greeting(hostname: str) -> Reply:
+    """The default 220: one Reply object per name, so its bytes come from the engine's cache
+    by identity (``_format``) instead of being rendered for every connection."""
+    return Reply(220, f"{hostname} ESMTP smtpmux")
+
+
+def _with_hello(info: SessionInfo, hello: Hello) -> SessionInfo:
+    """``attrs.evolve(info, helo=..., extended=..., lmtp=...)`` written out: evolve reads
+    every field through attrs' introspection, a cost paid on every connection. A test
+    (tests/session/test_session_edges.py) holds it equal to evolve for every field."""
+    return SessionInfo(
+        info.session_id,
+        info.hostname,
+        peer=info.peer,
+        helo=hello.name,
+        extended=hello.extended,
+        lmtp=hello.lmtp,
+        tls=info.tls,
+        auth_identity=info.auth_identity,
+        proxy=info.proxy,
+    )
 
 
 def combined_refusal(replies: Iterable[Reply]) -> Reply | None:
