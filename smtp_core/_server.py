@@ -108,6 +108,14 @@ _WIRE_MAX = 1024
 _WIRE: tuple[dict[int, tuple[Reply, bytes]], dict[int, tuple[Reply, bytes]]] = ({}, {})
 
 
+# Events without fields are frozen values: one instance serves every command and connection.
+_START_DATA = StartData()
+_RESET = Reset()
+_NOOP = Noop()
+_QUIT = Quit()
+_START_TLS = StartTLS()
+
+
 def _format(reply: Reply, enhanced_codes: bool) -> bytes:
     wire = _WIRE[1 if enhanced_codes else 0]
     entry = wire.get(id(reply))
@@ -461,7 +469,7 @@ class ServerConnection:
         assert self._mail is not None
         if self._mail.body == "BINARYMIME":
             return self._refuse(line, R_BINARY_NEEDS_BDAT)
-        return self._expect(P.DATA, StartData())
+        return self._expect(P.DATA, _START_DATA)
 
     def _bdat_cmd(self, arg: str, line: bytes) -> Event | Sentinel:
         match = _BDAT.fullmatch(arg)
@@ -488,10 +496,10 @@ class ServerConnection:
     def _rset_cmd(self, arg: str, line: bytes) -> Event:
         if arg:
             return self._refuse(line, R_NO_ARGS)
-        return self._expect(P.RESET, Reset())
+        return self._expect(P.RESET, _RESET)
 
     def _noop_cmd(self, arg: str, line: bytes) -> Event:
-        return self._expect(P.OTHER, Noop())
+        return self._expect(P.OTHER, _NOOP)
 
     def _vrfy_cmd(self, arg: str, line: bytes) -> Event:
         if not arg:
@@ -509,7 +517,7 @@ class ServerConnection:
     def _quit_cmd(self, arg: str, line: bytes) -> Event:
         if arg:
             return self._refuse(line, R_NO_ARGS)
-        return self._expect(P.QUIT, Quit())
+        return self._expect(P.QUIT, _QUIT)
 
     def _starttls_cmd(self, arg: str, line: bytes) -> Event:
         if not self.config.starttls:
@@ -518,7 +526,7 @@ class ServerConnection:
             return self._refuse(line, R_TLS_ACTIVE)
         if arg:
             return self._refuse(line, R_NO_ARGS)
-        return self._expect(P.STARTTLS, StartTLS())
+        return self._expect(P.STARTTLS, _START_TLS)
 
     def _auth_cmd(self, arg: str, line: bytes) -> Event:
         config = self.config

@@ -646,15 +646,22 @@ class Session:
                     self._content.append(data)
                     self._size += len(data)
                 continue  # content never changes the state
+            # MAIL, RCPT, DATA's go-ahead and NOOP never end a transaction, whatever their
+            # reply (Rule 6: none leads from a transaction state back to READY), and the
+            # Session answers none of them with a 421 (which closes the engine; next_event
+            # would report that anyway): so they skip the two checks at the end of the loop.
             if isinstance(event, RcptTo) and self._inline_addressable:
                 step = self._rcpt_to_now(event)
                 if step is not None:
                     yield from self._step_recipient(event, step)
-            elif isinstance(event, MailFrom):
+                continue
+            if isinstance(event, MailFrom):
                 self._mail_from(event)
-            elif isinstance(event, (StartData, Noop)):
+                continue
+            if isinstance(event, (StartData, Noop)):
                 self._reply(event.default_reply)
-            elif isinstance(event, EndOfData):  # one generator less than through _handle
+                continue
+            if isinstance(event, EndOfData):  # one generator less than through _handle
                 yield from self._end_of_data(event)
             elif isinstance(event, Sentinel):
                 raise AssertionError("PAUSED: the session answers every event before the next")

@@ -36,7 +36,17 @@ from smtp_core import (
     _state,
 )
 from smtp_core._server import _COMMANDS
-from smtp_core._state import ACCEPTS, ON_SIGNAL, REFUSALS, VERBS, Pending, Signal
+from smtp_core._state import (
+    ACCEPTS,
+    ON_NEGATIVE,
+    ON_POSITIVE,
+    ON_SIGNAL,
+    REFUSALS,
+    TRANSACTION_STATES,
+    VERBS,
+    Pending,
+    Signal,
+)
 
 S = ServerState
 # STARTTLS offered, AUTH offered over plaintext, so neither is refused for want of TLS.
@@ -566,3 +576,13 @@ def test_fast_aliases_are_the_members(alias: object, enum_class: type[enum.Enum]
     assert vars(alias) == dict(enum_class.__members__)
     for name, member in enum_class.__members__.items():
         assert getattr(alias, name) is member
+
+
+@pytest.mark.parametrize("pending", [Pending.MAIL, Pending.RCPT, Pending.DATA, Pending.OTHER])
+def test_mail_rcpt_data_and_noop_never_end_a_transaction(pending: Pending) -> None:
+    """Rule 6 for the commands the Session answers without checking for a transaction's end
+    (smtp_core/_session.py, ``_converse``): no reply to them, positive or negative, leads
+    from a transaction state back to READY."""
+    for table in (ON_POSITIVE, ON_NEGATIVE):
+        for state in TRANSACTION_STATES:
+            assert table.get(state, {}).get(pending, state) is not ServerState.READY
