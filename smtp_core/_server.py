@@ -688,18 +688,19 @@ class ServerConnection:
         return data
 
     def _accepted(self, pending: Pending) -> None:
-        """Side effects of a positive reply, beyond the state itself."""
-        if pending is P.HELLO:
-            self._hello = self._offered_hello
+        """Side effects of a positive reply, beyond the state itself (the most frequent
+        first: a message has one MAIL and DATA, and up to max_recipients RCPTs)."""
+        if pending is P.RCPT:
+            self._recipients += 1
         elif pending is P.MAIL:
             self._mail = self._offered_mail
-        elif pending is P.RCPT:
-            self._recipients += 1
         elif pending is P.DATA:
             config = self.config
             self._reader = DotReader(
                 config.max_message_size, config.max_text_line_length, config.bare_lf == "reject"
             )
+        elif pending is P.HELLO:
+            self._hello = self._offered_hello
         elif pending is P.AUTH_CREDENTIALS:
             self._authenticated = True
         elif pending is P.STARTTLS:

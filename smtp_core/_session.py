@@ -569,21 +569,23 @@ class Session:
     def _advance(self, value: object) -> list[Action]:
         """Run the conversation until it needs bytes or an answer; spooling needs neither."""
         actions: list[Action] = []
+        send = self._conversation.send
         while True:
             try:
-                question = self._conversation.send(value)
+                question = send(value)
             except StopIteration:
                 question = Close()
-            value = None
-            if not isinstance(question, Spool):
+            if question.__class__ is not Spool:
                 break
+            value = None
             actions.append(question)
-        if self._out:
-            data = bytes(self._out)
+        out = self._out
+        if out:
+            data = bytes(out)
+            out.clear()
             if self._trace.enabled:
                 self._trace.sent(data)
             actions.append(Send(data))
-            self._out.clear()
         if isinstance(question, Action):
             actions.append(question)
             if isinstance(question, Close):
@@ -930,7 +932,7 @@ class Session:
         replies: list[Reply] = [R_ACCEPTED] * len(self._recipients)
         received_at = self._clock()
         for indexes in groups.values():
-            chosen = [self._recipients[i] for i in indexes]
+            chosen = recipients if len(groups) == 1 else [recipients[i] for i in indexes]
             envelope = Envelope(
                 mail_from=self._mail.address,
                 rcpt_tos=tuple(r.address for r in chosen),
@@ -1129,6 +1131,8 @@ def combined_refusal(replies: Iterable[Reply]) -> Reply | None:
 
 def _combined(replies: list[Reply]) -> Reply:
     """SMTP has one reply for all recipients: success only if every handler accepted."""
+    if len(replies) == 1:  # its own refusal, or the acceptance: what the rule below gives
+        return replies[0]
     refusal = combined_refusal(replies)
     if refusal is not None:
         return refusal
