@@ -79,6 +79,7 @@ def _a_labels(domain: str) -> str | None:
     return text[:-1] if text.endswith(".") else text
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_domain(domain: str) -> str:
     """The canonical form of ``domain``: lower case, A-labels, without the root's trailing dot.
 
@@ -89,7 +90,9 @@ def normalize_domain(domain: str) -> str:
     (``xn--zz``), a disallowed code point, a bidi or joiner rule broken, an empty label.
 
     The common case, ASCII without an ``xn--`` label, is only lower-cased: it holds no
-    U-label and no A-label to check, so nothing else runs for it.
+    U-label and no A-label to check, so nothing else runs for it. Cached (a pure function; a
+    refused name raises again, uncached): each RCPT asks twice, for its route and for the
+    relay check, and a server sees the same few domains over and over.
     """
     if domain.startswith("["):
         return domain

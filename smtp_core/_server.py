@@ -49,7 +49,9 @@ from ._state import (
     ACCEPTS,
     REFUSALS,
     TRANSACTION_STATES,
+    P,
     Pending,
+    S,
     ServerMachine,
     ServerState,
     Signal,
@@ -57,9 +59,6 @@ from ._state import (
 )
 
 __all__ = ["ServerConnection"]
-
-S = ServerState
-P = Pending
 
 SASL_LINE_LIMIT = 12288  # RFC 4954 §4: AUTH lines and responses may be this long
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is tolerated between words
@@ -101,8 +100,37 @@ R_BDAT_SYNTAX = _r(501, "Syntax: BDAT size [LAST]; closing connection", "5.5.4")
 R_PROXY_EXPECTED = _r(500, "PROXY header expected", "5.5.1")
 
 
-@functools.lru_cache(maxsize=1024)
+# Each reply's bytes by the reply's identity, one table per enhanced_codes setting: most
+# replies are the same few objects (event defaults, module constants), and a hit here costs
+# no call into Reply's Python-level __hash__ (attrs), which the value-keyed cache below does.
+# An entry holds its reply, so no other object can take that id while the entry lives.
+_WIRE_MAX = 1024
+_WIRE: tuple[dict[int, tuple[Reply, bytes]], dict[int, tuple[Reply, bytes]]] = ({}, {})
+
+
+# Events without fields are frozen values: one instance serves every command and connection.
+_START_DATA = StartData()
+_RESET = Reset()
+_NOOP = Noop()
+_QUIT = Quit()
+_START_TLS = StartTLS()
+
+
 def _format(reply: Reply, enhanced_codes: bool) -> bytes:
+    wire = _WIRE[1 if enhanced_codes else 0]
+    entry = wire.get(id(reply))
+    if entry is not None and entry[0] is reply:
+        return entry[1]
+    data = _render(reply, bool(enhanced_codes))
+    if len(wire) >= _WIRE_MAX:  # replies made per command (EHLO's): keep the table bounded
+        wire.clear()
+    wire[id(reply)] = (reply, data)
+    return data
+
+
+@functools.lru_cache(maxsize=1024)
+def _render(reply: Reply, enhanced_codes: bool) -> bytes:
+    """A reply's bytes, checked; cached by value (an equal reply made anew, such as EHLO's)."""
     code = reply.code
     if not (isinstance(code, int) and 200 <= code <= 599):
         raise LocalProtocolError(f"reply code must be 200-599, not {code!r}")
@@ -304,6 +332,9 @@ class ServerConnection:
             return self._read_data()
         if state is S.PROXY:
             return self._read_proxy()
+        if not self._buffer:  # every round ends here: _next_line would find no line either
+            self._scanned = 0
+            return self._closed() if self._eof else NEED_DATA
         line = self._next_line()
         if line is None:
             return self._closed() if self._eof else NEED_DATA
@@ -438,7 +469,7 @@ class ServerConnection:
         assert self._mail is not None
         if self._mail.body == "BINARYMIME":
             return self._refuse(line, R_BINARY_NEEDS_BDAT)
-        return self._expect(P.DATA, StartData())
+        return self._expect(P.DATA, _START_DATA)
 
     def _bdat_cmd(self, arg: str, line: bytes) -> Event | Sentinel:
         match = _BDAT.fullmatch(arg)
@@ -465,10 +496,10 @@ class ServerConnection:
     def _rset_cmd(self, arg: str, line: bytes) -> Event:
         if arg:
             return self._refuse(line, R_NO_ARGS)
-        return self._expect(P.RESET, Reset())
+        return self._expect(P.RESET, _RESET)
 
     def _noop_cmd(self, arg: str, line: bytes) -> Event:
-        return self._expect(P.OTHER, Noop())
+        return self._expect(P.OTHER, _NOOP)
 
     def _vrfy_cmd(self, arg: str, line: bytes) -> Event:
         if not arg:
@@ -486,7 +517,7 @@ class ServerConnection:
     def _quit_cmd(self, arg: str, line: bytes) -> Event:
         if arg:
             return self._refuse(line, R_NO_ARGS)
-        return self._expect(P.QUIT, Quit())
+        return self._expect(P.QUIT, _QUIT)
 
     def _starttls_cmd(self, arg: str, line: bytes) -> Event:
         if not self.config.starttls:
@@ -495,7 +526,7 @@ class ServerConnection:
             return self._refuse(line, R_TLS_ACTIVE)
         if arg:
             return self._refuse(line, R_NO_ARGS)
-        return self._expect(P.STARTTLS, StartTLS())
+        return self._expect(P.STARTTLS, _START_TLS)
 
     def _auth_cmd(self, arg: str, line: bytes) -> Event:
         config = self.config
@@ -657,18 +688,19 @@ class ServerConnection:
         return data
 
     def _accepted(self, pending: Pending) -> None:
-        """Side effects of a positive reply, beyond the state itself."""
-        if pending is P.HELLO:
-            self._hello = self._offered_hello
+        """Side effects of a positive reply, beyond the state itself (the most frequent
+        first: a message has one MAIL and DATA, and up to max_recipients RCPTs)."""
+        if pending is P.RCPT:
+            self._recipients += 1
         elif pending is P.MAIL:
             self._mail = self._offered_mail
-        elif pending is P.RCPT:
-            self._recipients += 1
         elif pending is P.DATA:
             config = self.config
             self._reader = DotReader(
                 config.max_message_size, config.max_text_line_length, config.bare_lf == "reject"
             )
+        elif pending is P.HELLO:
+            self._hello = self._offered_hello
         elif pending is P.AUTH_CREDENTIALS:
             self._authenticated = True
         elif pending is P.STARTTLS:

@@ -12,6 +12,7 @@ replies produced on the way are batched into one ``Send`` per round (RFC 2920 §
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from datetime import datetime
@@ -55,7 +56,7 @@ from ._metrics import Metrics
 from ._router import Router
 from ._sasl import LoginMechanism, PlainMechanism
 from ._server import ServerConnection
-from ._state import ServerState
+from ._state import S, ServerState
 from ._trace import ProtocolTrace
 
 __all__ = [
@@ -460,7 +461,10 @@ class Session:
 
     def start(self) -> list[Action]:
         """The first Actions: the PROXY header wait, the connect hook, or the greeting."""
-        self.metrics.add(connections=1, connections_open=1)
+        metrics = self.metrics
+        with metrics.lock:  # as metrics.add(...), without its keyword loop (once per connection)
+            metrics.connections += 1
+            metrics.connections_open += 1
         return self._advance(None)
 
     def receive_data(self, data: bytes) -> list[Action]:
@@ -565,21 +569,23 @@ class Session:
     def _advance(self, value: object) -> list[Action]:
         """Run the conversation until it needs bytes or an answer; spooling needs neither."""
         actions: list[Action] = []
+        send = self._conversation.send
         while True:
             try:
-                question = self._conversation.send(value)
+                question = send(value)
             except StopIteration:
                 question = Close()
-            value = None
-            if not isinstance(question, Spool):
+            if question.__class__ is not Spool:
                 break
+            value = None
             actions.append(question)
-        if self._out:
-            data = bytes(self._out)
+        out = self._out
+        if out:
+            data = bytes(out)
+            out.clear()
             if self._trace.enabled:
                 self._trace.sent(data)
             actions.append(Send(data))
-            self._out.clear()
         if isinstance(question, Action):
             actions.append(question)
             if isinstance(question, Close):
@@ -591,7 +597,9 @@ class Session:
     def _mark_closed(self) -> None:
         if not self._closed:
             self._closed = True
-            self.metrics.add(connections_open=-1)
+            metrics = self.metrics
+            with metrics.lock:
+                metrics.connections_open -= 1
 
     # --- the conversation ----------------------------------------------------------------
 
@@ -614,7 +622,7 @@ class Session:
         if not isinstance(greeting, Reply):
             if isinstance(greeting, BaseException):
                 log.error("on_connect hook failed", exc_info=greeting, extra=self._log_extra)
-            greeting = Reply(220, f"{self.config.hostname} ESMTP smtpmux")
+            greeting = _greeting(self.config.hostname)
         self._reply(greeting)
         if greeting.code != 220 and greeting.code != 554:
             return
@@ -640,14 +648,23 @@ class Session:
                     self._content.append(data)
                     self._size += len(data)
                 continue  # content never changes the state
+            # MAIL, RCPT, DATA's go-ahead and NOOP never end a transaction, whatever their
+            # reply (Rule 6: none leads from a transaction state back to READY), and the
+            # Session answers none of them with a 421 (which closes the engine; next_event
+            # would report that anyway): so they skip the two checks at the end of the loop.
             if isinstance(event, RcptTo) and self._inline_addressable:
                 step = self._rcpt_to_now(event)
                 if step is not None:
                     yield from self._step_recipient(event, step)
-            elif isinstance(event, MailFrom):
+                continue
+            if isinstance(event, MailFrom):
                 self._mail_from(event)
-            elif isinstance(event, (StartData, Noop)):
+                continue
+            if isinstance(event, (StartData, Noop)):
                 self._reply(event.default_reply)
+                continue
+            if isinstance(event, EndOfData):  # one generator less than through _handle
+                yield from self._end_of_data(event)
             elif isinstance(event, Sentinel):
                 raise AssertionError("PAUSED: the session answers every event before the next")
             elif isinstance(event, ConnectionClosed):
@@ -659,7 +676,7 @@ class Session:
                 self._reset_transaction()
                 if self._steps:  # begun but not delivered (RSET, EHLO, refused content...)
                     yield from self._end_steps()
-            if conn.state is ServerState.CLOSED:
+            if conn.state is S.CLOSED:  # S: the fast alias of ServerState (see _state)
                 return
 
     def _protocol_error(self, exc: RemoteProtocolError) -> None:
@@ -683,13 +700,11 @@ class Session:
 
     def _handle(self, event: Event) -> Generator[_Question, object, None]:
         """Every event but the common ones _converse answers itself (content, MAIL, DATA,
-        NOOP, and RCPT under the default relay check)."""
+        NOOP, the end of data, and RCPT under the default relay check)."""
         if isinstance(event, Hello):
             self._reply(event.default_reply)
             if self.conn.hello is event:
-                self.info = attrs.evolve(
-                    self.info, helo=event.name, extended=event.extended, lmtp=event.lmtp
-                )
+                self.info = _with_hello(self.info, event)
         elif isinstance(event, RcptTo):
             yield from self._rcpt_to(event)
         elif isinstance(event, (EndOfData, BdatChunk)):
@@ -905,14 +920,19 @@ class Session:
         """Call each handler once with its recipients; one reply per recipient, in order."""
         assert self._mail is not None
         self._transactions += 1
+        recipients = self._recipients
         groups: dict[int, list[int]] = {}
-        for index, recipient in enumerate(self._recipients):
-            groups.setdefault(id(recipient.handler), []).append(index)
+        first = recipients[0].handler if recipients else None
+        if first is not None and all(r.handler is first for r in recipients):
+            groups[id(first)] = list(range(len(recipients)))  # one handler: as the loop would
+        else:
+            for index, recipient in enumerate(recipients):
+                groups.setdefault(id(recipient.handler), []).append(index)
         content: bytes = b"" if self._spooled else b"".join(self._content)
         replies: list[Reply] = [R_ACCEPTED] * len(self._recipients)
         received_at = self._clock()
         for indexes in groups.values():
-            chosen = [self._recipients[i] for i in indexes]
+            chosen = recipients if len(groups) == 1 else [recipients[i] for i in indexes]
             envelope = Envelope(
                 mail_from=self._mail.address,
                 rcpt_tos=tuple(r.address for r in chosen),
@@ -1077,6 +1097,30 @@ class Session:
         }
 
 
+@functools.lru_cache(maxsize=64)
+def _greeting(hostname: str) -> Reply:
+    """The default 220: one Reply object per name, so its bytes come from the engine's cache
+    by identity (``_format``) instead of being rendered for every connection."""
+    return Reply(220, f"{hostname} ESMTP smtpmux")
+
+
+def _with_hello(info: SessionInfo, hello: Hello) -> SessionInfo:
+    """``attrs.evolve(info, helo=..., extended=..., lmtp=...)`` written out: evolve reads
+    every field through attrs' introspection, a cost paid on every connection. A test
+    (tests/session/test_session_edges.py) holds it equal to evolve for every field."""
+    return SessionInfo(
+        info.session_id,
+        info.hostname,
+        peer=info.peer,
+        helo=hello.name,
+        extended=hello.extended,
+        lmtp=hello.lmtp,
+        tls=info.tls,
+        auth_identity=info.auth_identity,
+        proxy=info.proxy,
+    )
+
+
 def combined_refusal(replies: Iterable[Reply]) -> Reply | None:
     """One refusal for several answers (recipients, or the targets of a fan-out): the first
     temporary one (so that the sender retries), else the first permanent one; None when every
@@ -1087,6 +1131,8 @@ def combined_refusal(replies: Iterable[Reply]) -> Reply | None:
 
 def _combined(replies: list[Reply]) -> Reply:
     """SMTP has one reply for all recipients: success only if every handler accepted."""
+    if len(replies) == 1:  # its own refusal, or the acceptance: what the rule below gives
+        return replies[0]
     refusal = combined_refusal(replies)
     if refusal is not None:
         return refusal

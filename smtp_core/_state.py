@@ -21,6 +21,8 @@ ServerMachine holds the state and carries out these rules; nothing else assigns 
 from __future__ import annotations
 
 import enum
+import types
+from typing import cast
 
 from ._errors import LocalProtocolError
 from ._events import Reply
@@ -54,6 +56,11 @@ class ServerState(enum.Enum):
     AUTH = "AUTH"  #: inside a SASL exchange: lines are responses, not commands
     CLOSED = "CLOSED"
 
+    # Members are singletons compared by identity; Enum's own __hash__ hashes the name in
+    # Python code, once per table lookup on the path of every command and reply (as the
+    # client's ClientState).
+    __hash__ = object.__hash__
+
 
 class Pending(enum.Enum):
     """What the reply the engine waits for will answer."""
@@ -74,6 +81,8 @@ class Pending(enum.Enum):
     OTHER = "OTHER"  # NOOP, VRFY, EXPN, HELP
     INVALID = "INVALID"  # an InvalidCommand: only 4xx/5xx
 
+    __hash__ = object.__hash__  # as ServerState's
+
 
 class Signal(enum.Enum):
     """What moves the state without being a reply (Rule 5)."""
@@ -81,9 +90,16 @@ class Signal(enum.Enum):
     PROXY_HEADER = "PROXY_HEADER"  #: the PROXY header was read: the greeting is due
     CLOSED = "CLOSED"  #: EOF, a 421 sent, or framing broken beyond recovery
 
+    __hash__ = object.__hash__  # as ServerState's
 
-S = ServerState
-P = Pending
+
+# Python 3.11's EnumType defines __getattr__, so reading a member off an enum class
+# (``ServerState.READY``) takes CPython's slow attribute hook, a method-wrapper call of about
+# 1,500 machine instructions: as much as a dozen table lookups (3.12 dropped that
+# __getattr__). The engine's hot paths read the very same members through these plain
+# namespaces instead, typed as the enums; tests/engine/test_engine_states.py pins them.
+S = cast("type[ServerState]", types.SimpleNamespace(**ServerState.__members__))
+P = cast("type[Pending]", types.SimpleNamespace(**Pending.__members__))
 
 _ANYTIME = frozenset({"NOOP", "VRFY", "EXPN", "HELP", "QUIT", "RSET"})
 _HELLO = frozenset({"HELO", "EHLO", "LHLO"})

@@ -1,4 +1,5 @@
-"""The benchmark suite in its quickest form: smtpmux, a bare sink, smtp-sink, one tiny workload.
+"""The benchmark suite in its quickest form: smtpmux, a bare sink, smtp-sink, one tiny workload;
+and the core-only benchmark (benchmarks/session.py), which needs no tools.
 
 It proves the suite runs end to end (servers start, smtp-source drives them, the report has
 figures and ratios, every process is stopped), not that any figure is good.
@@ -19,9 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SUITE = ROOT / "benchmarks" / "suite.py"
 
 
-pytestmark = needs("smtp-source", "smtp-sink")
+SESSION = ROOT / "benchmarks" / "session.py"
 
 
+@needs("smtp-source", "smtp-sink")
 def test_quick_suite_reports_figures_and_ratios() -> None:
     servers = ["smtpmux-asyncio", "bare-asyncio", "smtp-sink"]
     command = [sys.executable, str(SUITE), "--quick", "--json", "--duration", "0.1"]
@@ -42,6 +44,7 @@ def test_quick_suite_reports_figures_and_ratios() -> None:
     assert results["smtpmux-asyncio"]["ratio_to_aiosmtpd"] is None  # not measured here
 
 
+@needs("smtp-source", "smtp-sink")
 def test_suite_refuses_unknown_names() -> None:
     done = subprocess.run(
         [sys.executable, str(SUITE), "--servers", "nonesuch"],
@@ -51,3 +54,29 @@ def test_suite_refuses_unknown_names() -> None:
         cwd=ROOT,
     )
     assert done.returncode == 2 and "unknown server nonesuch" in done.stderr
+
+
+@pytest.mark.parametrize("log", [False, True], ids=["quiet", "logging"])
+def test_session_benchmark_reports_every_workload(log: bool) -> None:
+    """benchmarks/session.py (the core alone, no tools needed) runs W1, W2 and W4 and checks
+    that every message was accepted (it exits 1 otherwise)."""
+    command = [sys.executable, str(SESSION), "--quick", "--json"] + (["--log"] if log else [])
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["log"] is log and report["runs"] == 2
+    rows = {row["workload"]: row for row in report["rows"]}
+    assert sorted(rows) == ["W1", "W2", "W4"]
+    assert [rows[k]["unit"] for k in ("W1", "W2", "W4")] == ["message", "session", "transaction"]
+    assert all(row["cpu_us"] > 0 for row in rows.values())
+
+
+def test_session_benchmark_refuses_unknown_workloads() -> None:
+    done = subprocess.run(
+        [sys.executable, str(SESSION), "--quick", "--workloads", "W1,W9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2 and "unknown workload W9" in done.stderr

@@ -86,14 +86,19 @@ def test_plain_ascii_never_reaches_idna(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_idna_results_are_cached_and_bounded() -> None:
+    """A valid name is normalised once (normalize_domain's own cache answers the repeats); an
+    invalid one raises every time, its IDNA verdict cached below that."""
+    normalize_domain.cache_clear()
     _address._a_labels.cache_clear()
     for _ in range(3):
-        normalize_domain("bücher.example")
+        assert normalize_domain("bücher.example") == "xn--bcher-kva.example"
         with pytest.raises(ValueError):
             normalize_domain("xn--zz.example")
-    info = _address._a_labels.cache_info()
-    assert (info.misses, info.hits) == (2, 4)
+    outer, info = normalize_domain.cache_info(), _address._a_labels.cache_info()
+    assert (outer.misses, outer.hits) == (4, 2)  # the refusals are not cached: 1 + 3 misses
+    assert (info.misses, info.hits) == (2, 2)
     assert info.maxsize is not None and info.maxsize <= 10_000
+    assert outer.maxsize is not None and outer.maxsize <= 10_000
 
 
 PATHS = [

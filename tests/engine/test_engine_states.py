@@ -10,6 +10,7 @@ the end of a transaction, the other rules of that file, are walked below them.
 from __future__ import annotations
 
 import ast
+import enum
 import importlib.util
 import inspect
 from pathlib import Path
@@ -32,9 +33,20 @@ from smtp_core import (
     ServerConfig,
     ServerConnection,
     ServerState,
+    _state,
 )
 from smtp_core._server import _COMMANDS
-from smtp_core._state import ACCEPTS, ON_SIGNAL, REFUSALS, VERBS, Signal
+from smtp_core._state import (
+    ACCEPTS,
+    ON_NEGATIVE,
+    ON_POSITIVE,
+    ON_SIGNAL,
+    REFUSALS,
+    TRANSACTION_STATES,
+    VERBS,
+    Pending,
+    Signal,
+)
 
 S = ServerState
 # STARTTLS offered, AUTH offered over plaintext, so neither is refused for want of TLS.
@@ -540,3 +552,37 @@ def test_state_diagram_in_the_docs_is_drawn_from_the_tables() -> None:
     assert module.current(page) == module.block()
     for state in ServerState:
         assert state.name in module.diagram()
+
+
+# --- the fast paths of the state tables (issue 15) ---------------------------------------
+
+
+@pytest.mark.parametrize("enum_class", [ServerState, Pending, Signal], ids=lambda c: c.__name__)
+def test_members_hash_by_identity(enum_class: type[enum.Enum]) -> None:
+    """The tables are keyed by members; their hash is object's (C-level), not Enum's
+    Python-level hash of the name, and each member still finds its own entry only."""
+    table = {member: member.name for member in enum_class}
+    for member in enum_class:
+        assert hash(member) == object.__hash__(member)
+        assert table[member] == member.name
+    assert "READY" not in table  # a member is not its name
+
+
+@pytest.mark.parametrize(
+    ("alias", "enum_class"), [(_state.S, ServerState), (_state.P, Pending)], ids=["S", "P"]
+)
+def test_fast_aliases_are_the_members(alias: object, enum_class: type[enum.Enum]) -> None:
+    """S and P (what the engine reads members through) hold exactly the enum's members."""
+    assert vars(alias) == dict(enum_class.__members__)
+    for name, member in enum_class.__members__.items():
+        assert getattr(alias, name) is member
+
+
+@pytest.mark.parametrize("pending", [Pending.MAIL, Pending.RCPT, Pending.DATA, Pending.OTHER])
+def test_mail_rcpt_data_and_noop_never_end_a_transaction(pending: Pending) -> None:
+    """Rule 6 for the commands the Session answers without checking for a transaction's end
+    (smtp_core/_session.py, ``_converse``): no reply to them, positive or negative, leads
+    from a transaction state back to READY."""
+    for table in (ON_POSITIVE, ON_NEGATIVE):
+        for state in TRANSACTION_STATES:
+            assert table.get(state, {}).get(pending, state) is not ServerState.READY

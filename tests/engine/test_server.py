@@ -21,6 +21,7 @@ from smtp_core import (
     LocalProtocolError,
     LoginMechanism,
     MailFrom,
+    Noop,
     PlainMechanism,
     RcptTo,
     RemoteProtocolError,
@@ -30,6 +31,7 @@ from smtp_core import (
     ServerState,
     StartTLS,
 )
+from smtp_core._server import _WIRE, _WIRE_MAX, _format, _render
 from tests.helpers import Driver, assert_same_in_any_split
 
 AUTH = ServerConfig(auth_mechanisms=(PlainMechanism, LoginMechanism))
@@ -659,3 +661,65 @@ def test_auth_challenge_event_carries_334() -> None:
     challenge = events[-1]
     assert isinstance(challenge, AuthChallenge)
     assert challenge.default_reply == Reply(334, b64(b"Username:"))
+
+
+# --- reply bytes, cached by the reply's identity (issue 15) -------------------------------
+
+FORMAT_CASES = [
+    (Reply(250, "OK", "2.0.0"), True, b"250 2.0.0 OK\r\n"),
+    (Reply(250, "OK", "2.0.0"), False, b"250 OK\r\n"),
+    (
+        Reply(250, ("mx Hello c", "PIPELINING", "SIZE")),
+        True,
+        b"250-mx Hello c\r\n250-PIPELINING\r\n250 SIZE\r\n",
+    ),
+    (Reply(334, ""), True, b"334 \r\n"),
+]
+
+
+@pytest.mark.parametrize(("reply", "enhanced", "wire"), FORMAT_CASES)
+def test_reply_bytes_are_the_same_from_the_cache(reply: Reply, enhanced: bool, wire: bytes) -> None:
+    """The first format renders; later ones (the same object, or an equal one made anew, as
+    EHLO's reply is) give the very same bytes; the other enhanced-codes setting has its own."""
+    assert _format(reply, enhanced) == wire
+    assert _format(reply, enhanced) == wire
+    assert _format(Reply(reply.code, reply.lines, reply.enhanced), enhanced) == wire
+    assert _format(reply, not enhanced) == _render(reply, not enhanced)
+
+
+@pytest.mark.parametrize(
+    "reply", [Reply(250, "a\r\nb"), Reply(199, "too low"), Reply(600, "too high")], ids=repr
+)
+def test_a_bad_reply_is_refused_every_time(reply: Reply) -> None:
+    """Nothing is cached for a reply that fails its checks."""
+    for _ in range(2):
+        with pytest.raises(LocalProtocolError):
+            _format(reply, True)
+
+
+def test_reply_cache_stays_bounded() -> None:
+    """Replies made per command (EHLO's, BDAT's) do not grow the cache without end."""
+    replies = [Reply(250, f"{n} octets received", "2.0.0") for n in range(3 * _WIRE_MAX)]
+    for reply in replies:
+        assert _format(reply, True) == f"250 2.0.0 {reply.lines[0]}\r\n".encode()
+    assert all(len(table) <= _WIRE_MAX for table in _WIRE)
+
+
+def test_polling_an_empty_buffer_keeps_skipping_an_over_long_line() -> None:
+    """next_event() on an empty buffer answers NEED_DATA at once (the end of every round);
+    an over-long line being skipped across such polls is still refused once, at its end."""
+    conn = ServerConnection()
+    conn.send(Reply(220, "mx"))
+    conn.receive_data(b"EHLO c\r\n")
+    hello = conn.next_event()
+    assert isinstance(hello, Hello)
+    conn.send(hello.default_reply)
+    for piece in (b"NOOP " + b"x" * 2000, b"y" * 10):
+        assert conn.next_event() is NEED_DATA  # the buffer is empty
+        conn.receive_data(piece)
+        assert conn.next_event() is NEED_DATA  # skipping: the piece is dropped
+    conn.receive_data(b"zz\r\nNOOP\r\n")
+    refused = conn.next_event()
+    assert isinstance(refused, InvalidCommand) and refused.line.startswith(b"NOOP xxx")
+    assert conn.send(refused.default_reply) == b"500 5.5.2 Line too long\r\n"
+    assert conn.next_event() == Noop()

@@ -605,3 +605,45 @@ def test_transcript_mismatch_is_reported(router: Router[Any]) -> None:
         run_transcript("S: 220 *\nS: 250 *\n", router)
     with pytest.raises(TranscriptError, match="expected '550"):
         run_transcript(SEND + "C: RCPT TO:<bob@example.com>\nS: 550 *\n", router)
+
+
+GROUPING_CASES = [
+    # recipients in RCPT order -> each handler call (in call order): mailbox, its recipients
+    (["carol@example.com"], [("example", ("carol@example.com",))]),
+    (
+        ["carol@example.com", "dave@example.com", "erin@example.com"],
+        [("example", ("carol@example.com", "dave@example.com", "erin@example.com"))],
+    ),
+    (
+        ["carol@example.com", "sales@x.example", "dave@example.com"],
+        [
+            ("example", ("carol@example.com", "dave@example.com")),
+            ("sales", ("sales@x.example",)),
+        ],
+    ),
+    (
+        ["sales@x.example", "bob@example.com", "sales@y.example"],
+        [("sales", ("sales@x.example", "sales@y.example")), ("bob", ("bob@example.com",))],
+    ),
+]
+
+
+@pytest.mark.parametrize(("recipients", "calls"), GROUPING_CASES)
+def test_each_handler_is_called_once_with_its_recipients_in_order(
+    router: Router[Any],
+    boxes: dict[str, Mailbox],
+    recipients: list[str],
+    calls: list[tuple[str, tuple[str, ...]]],
+) -> None:
+    """One handler (the common case, taken by a shortcut) or several: one call per handler,
+    in the order of each one's first recipient, its recipients in RCPT order."""
+    rcpts = "".join(f"C: RCPT TO:<{address}>\nS: 250 2.1.5 *\n" for address in recipients)
+    result = run_transcript(SEND + rcpts + DATA + "S: 250 2.0.0 *\n", router)
+    called = [
+        (name, envelope.rcpt_tos)
+        for envelope in result.deliveries
+        for name, box in boxes.items()
+        if any(envelope is got for got in box.envelopes)
+    ]
+    assert called == calls
+    assert [e.transaction_id for e in result.deliveries] == ["T1-1"] * len(calls)

@@ -8,11 +8,13 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import attrs
 import pytest
 
 from smtp_core import (
     Credentials,
     Envelope,
+    Hello,
     LoginMechanism,
     Metrics,
     PlainMechanism,
@@ -28,6 +30,7 @@ from smtp_core import (
     encode_proxy_header,
     run_transcript,
 )
+from smtp_core._session import _greeting, _with_hello
 from smtp_core.adapter import (
     Action,
     Authenticate,
@@ -462,3 +465,49 @@ def test_failed_starttls_logs_the_reason(
     ]
     [line] = [r.getMessage() for r in caplog.records if "TLS" in r.getMessage()]
     assert line == "TLS handshake failed: the client closed the connection during the handshake"
+
+
+# --- fast paths of a connection's set-up (issue 15) ----------------------------------------
+
+FULL_INFO = SessionInfo(
+    "s1",
+    "mx.example",
+    peer=("192.0.2.7", 4000),
+    helo="old.example",
+    extended=False,
+    lmtp=False,
+    tls=TLSInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256"),
+    auth_identity="alice",
+    proxy=ProxyHeader(1, "PROXY", "TCP4", ("192.0.2.7", 4000), ("192.0.2.1", 25)),
+)
+
+
+@pytest.mark.parametrize(
+    "hello",
+    [Hello("c.example", True, False, Reply(250, "hi")), Hello("l", True, True, Reply(250, "hi"))],
+    ids=["EHLO", "LHLO"],
+)
+def test_session_info_after_hello_is_what_evolve_gives(hello: Hello) -> None:
+    """The Session's hand-written copy of SessionInfo equals attrs.evolve's, field for field;
+    a field added to SessionInfo fails here until the copy carries it too."""
+    assert [field.name for field in attrs.fields(SessionInfo)] == [
+        "session_id",
+        "hostname",
+        "peer",
+        "helo",
+        "extended",
+        "lmtp",
+        "tls",
+        "auth_identity",
+        "proxy",
+    ]
+    expected = attrs.evolve(FULL_INFO, helo=hello.name, extended=hello.extended, lmtp=hello.lmtp)
+    assert _with_hello(FULL_INFO, hello) == expected
+
+
+def test_default_greeting_is_one_reply_per_hostname() -> None:
+    """Every connection greets with the same Reply object (its bytes come from the engine's
+    cache by identity), and the text names the host."""
+    assert _greeting("mx.example") is _greeting("mx.example")
+    assert _greeting("mx.example") == Reply(220, "mx.example ESMTP smtpmux")
+    assert _greeting("other.example").text == "other.example ESMTP smtpmux"
