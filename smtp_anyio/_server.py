@@ -54,6 +54,7 @@ from ._connection import (
     SocketConnection,
     StreamConnection,
     TransportConnection,
+    TransportTimeouts,
     Watchdog,
 )
 
@@ -127,6 +128,7 @@ class Server:
     _watchdog: Watchdog | None = attrs.field(init=False, default=None)
     _factory: SessionFactory | None = attrs.field(init=False, default=None)
     _tasks: set[asyncio.Task[None]] = attrs.field(init=False, factory=set)
+    _timeouts: TransportTimeouts | None = attrs.field(init=False, default=None)
     #: what the connections read into (one loop, so one read at a time); copied out at once
     _read_buffer: memoryview = attrs.field(
         init=False, factory=lambda: memoryview(bytearray(_READ_BUFFER))
@@ -155,13 +157,18 @@ class Server:
         await self._task_group.__aenter__()
         loop = _asyncio_loop()
         buffer = self._read_buffer
+        if loop is not None and not self.implicit_tls:
+            self._timeouts = TransportTimeouts(loop)
+        timeouts = self._timeouts
         for listener in self._listener.listeners:
-            if loop is not None and not self.implicit_tls:
+            if loop is not None and timeouts is not None:
                 # On asyncio the loop accepts, and each connection is served straight on its
                 # transport (see TransportConnection); TLS from the first byte stays on anyio.
                 self._loop_servers.append(
                     await loop.create_server(
-                        lambda: TransportConnection(self._spawn, self._is_stopping, buffer),
+                        lambda: TransportConnection(
+                            self._spawn, self._is_stopping, buffer, timeouts
+                        ),
                         sock=listener.extra(SocketAttribute.raw_socket),
                         backlog=_BACKLOG,
                     )
@@ -195,6 +202,8 @@ class Server:
         if tasks:
             with anyio.CancelScope(shield=True):
                 await asyncio.wait(tasks)
+        if self._timeouts is not None:
+            self._timeouts.close()
 
     async def serve_forever(
         self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
