@@ -8,8 +8,8 @@ for plain listeners on asyncio (and uvloop). The last two skip the per-call work
 stream (a cancel scope and a timer per read, a checkpoint and a drained buffer per write,
 pausing and resuming the reader around every read); ``TransportConnection`` also runs the
 session's rounds that need no decision -- bytes in, replies out -- right in the transport's
-callback, so the connection's task wakes up only for what must be awaited: a handler, a hook,
-a TLS handshake, the end.
+callback, and an idle one has no task at all (``park``): a task is started only for what must
+be awaited (a handler, a hook, a TLS handshake, a slow drain, the end).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ __all__ = [
     "StreamConnection",
     "TransportConnection",
     "TransportTimeouts",
+    "Wake",
     "peer_address",
 ]
 
@@ -373,6 +374,13 @@ class SocketConnection:
         await (self._tls.stream if self._tls is not None else self.stream).aclose()
 
 
+#: what a parked TransportConnection calls when its wait is over: the connection, its session and
+#: spool, and the outcome (the next actions, why the wait ended, or an exception to raise)
+Wake = Callable[
+    ["TransportConnection", Session, SpoolFile, "list[Action] | WaitEnd | BaseException"], None
+]
+
+
 class TransportTimeouts:
     """The waits of a listener's ``TransportConnection``s, timed by one loop timer instead of
     one per connection: on uvloop a timer handle and its libuv timer are about 600 B per idle
@@ -430,11 +438,14 @@ class TransportConnection(asyncio.BufferedProtocol):
     (asyncio calls ``get_buffer`` and ``buffer_updated`` back to back), so a read allocates
     no buffer of its own: asyncio's plain protocols get a fresh 256 KiB one for every read.
 
-    While the connection's task waits in ``next_actions``, every read is fed to the session
-    inside ``data_received``; replies are written and content spooled on the spot, and only
-    an action that needs awaiting (or the session's end, a timeout, a full write buffer, a
-    stopping server) wakes the task, with the actions still to carry out. While the task is
-    busy, bytes are kept (up to a limit, then reading pauses) for its next ``next_actions``.
+    While the connection waits for its client, every read is fed to the session inside
+    ``buffer_updated``; replies are written and content spooled on the spot, and only an
+    action that needs awaiting (or the session's end, a timeout, a full write buffer, a
+    stopping server) ends the wait, with the actions still to carry out. The server's loop
+    waits either in ``next_actions`` (its task sleeps on a future) or, usually, not at all:
+    ``park`` leaves the session with the callbacks and ends the task, and the end of the wait
+    calls the server back (``Wake``) to start a task that carries on. While a task is busy,
+    bytes are kept (up to a limit, then reading pauses) for its next wait.
     The timeout is a deadline kept by the listener's ``TransportTimeouts`` (one timer for all
     its connections), moved on by each read. ``on_connect`` starts the task that serves the
     connection; ``stopping`` says whether the server is stopping (the task then decides
@@ -460,6 +471,7 @@ class TransportConnection(asyncio.BufferedProtocol):
         "_timeouts",
         "_tls",
         "_waiter",
+        "_wake",
         "_writing_paused",
         "ticket",
         "transport",
@@ -484,9 +496,10 @@ class TransportConnection(asyncio.BufferedProtocol):
         self._eof = False
         self._tls = False  # asyncio's TLS layer sits under us since STARTTLS
         self._lost = False
-        self._session: Session | None = None  # set while the task waits in next_actions
+        self._session: Session | None = None  # set while waiting: in next_actions, or parked
         self._spool: SpoolFile | None = None
         self._waiter: asyncio.Future[list[Action] | WaitEnd] | None = None
+        self._wake: Wake | None = None  # set while parked (see ``park``)
         self._drain: asyncio.Future[None] | None = None
         self._writing_paused = False
         self._deadline = 0.0  #: the wait's end, kept by ``_timeouts`` (while in its ``waiting``)
@@ -567,21 +580,28 @@ class TransportConnection(asyncio.BufferedProtocol):
                 self._hand_over([action])  # the last of the round (see run_inline)
                 return
         except Exception as exc:  # the task reports it, as if it had failed itself
-            self._session = None
-            if self._waiter is not None and not self._waiter.done():
-                self._waiter.set_exception(exc)
+            self._hand_over(exc)
             return
         if not data or self._writing_paused or self._stopping():
             self._hand_over([])  # the end, a client that does not read, or a stopping server
         else:
             self._timeouts.watch(self, self._loop.time() + session.timeout)
 
-    def _hand_over(self, actions: list[Action] | WaitEnd) -> None:
-        self._session = None
+    def _hand_over(self, outcome: list[Action] | WaitEnd | BaseException) -> None:
+        """The wait is over: wake the waiting task, or (parked) have the server start one."""
+        session, spool = self._session, self._spool
+        self._session = self._spool = None
         self._timeouts.waiting.discard(self)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(actions)
+        waiter, wake = self._waiter, self._wake
+        if waiter is not None:
+            if not waiter.done():
+                if isinstance(outcome, BaseException):
+                    waiter.set_exception(outcome)
+                else:
+                    waiter.set_result(outcome)
+        elif wake is not None and session is not None and spool is not None:
+            self._wake = None
+            wake(self, session, spool, outcome)
 
     def expire(self) -> None:
         """The wait is overdue (``TransportTimeouts`` says so)."""
@@ -593,6 +613,23 @@ class TransportConnection(asyncio.BufferedProtocol):
     @property
     def peer(self) -> tuple[str, int] | None:
         return self._peer
+
+    def park(self, session: Session, spool: SpoolFile, wake: Wake) -> bool:
+        """Wait for the client with no task at all, if nothing is to be done first (bytes kept
+        while the task was busy, a drain, an interrupt, the end): the callbacks feed
+        ``session`` as they do for ``next_actions``, and what would have woken the task calls
+        ``wake(self, session, spool, outcome)`` instead, whose task carries on from there.
+        An idle connection then holds no task, no coroutine frames and no future (W5)."""
+        if self._writing_paused or self._interrupted or self._chunks or self._eof or self._lost:
+            return False  # next_actions deals with these
+        self._session, self._spool, self._wake = session, spool, wake
+        self._timeouts.watch(self, self._loop.time() + session.timeout)
+        return True
+
+    def end_wait(self, outcome: BaseException) -> None:
+        """End a parked wait with ``outcome`` raised in the task that ``wake`` starts."""
+        if self._session is not None and self._waiter is None:
+            self._hand_over(outcome)
 
     async def next_actions(self, session: Session, spool: SpoolFile) -> list[Action] | WaitEnd:
         if self._writing_paused and not self._lost:
@@ -617,7 +654,7 @@ class TransportConnection(asyncio.BufferedProtocol):
             return await waiter
         finally:
             self._waiter = None
-            self._session = None
+            self._session = self._spool = None
             self._timeouts.waiting.discard(self)  # cancelled: the wait is over all the same
 
     async def _wait_drain(self) -> None:
