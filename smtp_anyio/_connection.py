@@ -8,8 +8,8 @@ for plain listeners on asyncio (and uvloop). The last two skip the per-call work
 stream (a cancel scope and a timer per read, a checkpoint and a drained buffer per write,
 pausing and resuming the reader around every read); ``TransportConnection`` also runs the
 session's rounds that need no decision -- bytes in, replies out -- right in the transport's
-callback, so the connection's task wakes up only for what must be awaited: a handler, a hook,
-a TLS handshake, the end.
+callback, and an idle one has no task at all (``park``): a task is started only for what must
+be awaited (a handler, a hook, a TLS handshake, a slow drain, the end).
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ __all__ = [
     "Watchdog",
     "StreamConnection",
     "TransportConnection",
+    "TransportTimeouts",
+    "Wake",
     "peer_address",
 ]
 
@@ -372,6 +374,63 @@ class SocketConnection:
         await (self._tls.stream if self._tls is not None else self.stream).aclose()
 
 
+#: what a parked TransportConnection calls when its wait is over: the connection, its session and
+#: spool, and the outcome (the next actions, why the wait ended, or an exception to raise)
+Wake = Callable[
+    ["TransportConnection", Session, SpoolFile, "list[Action] | WaitEnd | BaseException"], None
+]
+
+
+class TransportTimeouts:
+    """The waits of a listener's ``TransportConnection``s, timed by one loop timer instead of
+    one per connection: on uvloop a timer handle and its libuv timer are about 600 B per idle
+    connection (W5), and a new connection no longer creates one. A waiting connection keeps its
+    deadline in its own ``_deadline`` and sits in ``waiting``; the timer fires at the earliest
+    deadline noted, ends the waits that are overdue and is set again for the earliest left.
+    Deadlines mostly move later (each read moves its connection's), so the timer wakes about
+    once per timeout period, not once per read."""
+
+    __slots__ = ("_loop", "_timer", "_wake_at", "waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.waiting: set[TransportConnection] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._wake_at = math.inf
+
+    def watch(self, connection: TransportConnection, deadline: float) -> None:
+        """``connection`` waits for its client until ``deadline`` (the loop's clock)."""
+        connection._deadline = deadline
+        self.waiting.add(connection)
+        if deadline < self._wake_at:
+            self._set(deadline)
+
+    def _set(self, wake_at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._wake_at = wake_at
+        self._timer = self._loop.call_at(wake_at, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._wake_at = math.inf
+        now = self._loop.time() + _TIMER_SLACK
+        waiting = self.waiting
+        for connection in [c for c in waiting if c._deadline <= now]:
+            waiting.discard(connection)
+            connection.expire()
+        if waiting:
+            self._set(min(c._deadline for c in waiting))
+
+    def close(self) -> None:
+        """The listener is gone: no more timer."""
+        self.waiting.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._wake_at = math.inf
+
+
 class TransportConnection(asyncio.BufferedProtocol):
     """A connection straight on an asyncio transport.
 
@@ -379,14 +438,18 @@ class TransportConnection(asyncio.BufferedProtocol):
     (asyncio calls ``get_buffer`` and ``buffer_updated`` back to back), so a read allocates
     no buffer of its own: asyncio's plain protocols get a fresh 256 KiB one for every read.
 
-    While the connection's task waits in ``next_actions``, every read is fed to the session
-    inside ``data_received``; replies are written and content spooled on the spot, and only
-    an action that needs awaiting (or the session's end, a timeout, a full write buffer, a
-    stopping server) wakes the task, with the actions still to carry out. While the task is
-    busy, bytes are kept (up to a limit, then reading pauses) for its next ``next_actions``.
-    The timeout is one timer per connection, moved only when it fires early, not re-armed on
-    every read. ``on_connect`` starts the task that serves the connection; ``stopping`` says
-    whether the server is stopping (the task then decides between rounds, as it always does).
+    While the connection waits for its client, every read is fed to the session inside
+    ``buffer_updated``; replies are written and content spooled on the spot, and only an
+    action that needs awaiting (or the session's end, a timeout, a full write buffer, a
+    stopping server) ends the wait, with the actions still to carry out. The server's loop
+    waits either in ``next_actions`` (its task sleeps on a future) or, usually, not at all:
+    ``park`` leaves the session with the callbacks and ends the task, and the end of the wait
+    calls the server back (``Wake``) to start a task that carries on. While a task is busy,
+    bytes are kept (up to a limit, then reading pauses) for its next wait.
+    The timeout is a deadline kept by the listener's ``TransportTimeouts`` (one timer for all
+    its connections), moved on by each read. ``on_connect`` starts the task that serves the
+    connection; ``stopping`` says whether the server is stopping (the task then decides
+    between rounds, as it always does).
     """
 
     __slots__ = (
@@ -399,14 +462,16 @@ class TransportConnection(asyncio.BufferedProtocol):
         "_loop",
         "_lost",
         "_on_connect",
+        "_peer",
         "_read_buffer",
         "_reading_paused",
         "_session",
         "_spool",
         "_stopping",
-        "_timer",
+        "_timeouts",
         "_tls",
         "_waiter",
+        "_wake",
         "_writing_paused",
         "ticket",
         "transport",
@@ -417,8 +482,10 @@ class TransportConnection(asyncio.BufferedProtocol):
         on_connect: Callable[[TransportConnection], None],
         stopping: Callable[[], bool],
         read_buffer: memoryview,
+        timeouts: TransportTimeouts,
     ) -> None:
         self._read_buffer = read_buffer
+        self._timeouts = timeouts
         self._on_connect = on_connect
         self._stopping = stopping
         self._loop = asyncio.get_running_loop()
@@ -429,13 +496,14 @@ class TransportConnection(asyncio.BufferedProtocol):
         self._eof = False
         self._tls = False  # asyncio's TLS layer sits under us since STARTTLS
         self._lost = False
-        self._session: Session | None = None  # set while the task waits in next_actions
+        self._session: Session | None = None  # set while waiting: in next_actions, or parked
         self._spool: SpoolFile | None = None
         self._waiter: asyncio.Future[list[Action] | WaitEnd] | None = None
+        self._wake: Wake | None = None  # set while parked (see ``park``)
         self._drain: asyncio.Future[None] | None = None
         self._writing_paused = False
-        self._deadline = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0  #: the wait's end, kept by ``_timeouts`` (while in its ``waiting``)
+        self._peer: tuple[str, int] | None = None
         self._interrupted = False  # interrupt() came while no wait was in progress
         #: the server's admission ticket: each read the callback feeds marks it active
         self.ticket: Ticket[Any] | None = None
@@ -444,18 +512,28 @@ class TransportConnection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        # asked once: on uvloop each get_extra_info("peername") is a getpeername() call
+        self._peer = peer_address(transport.get_extra_info("peername"))
         self._on_connect(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._read_buffer  # shared: the transport fills it, buffer_updated empties it
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(self._read_buffer[:nbytes]))
+        data = bytes(self._read_buffer[:nbytes])
+        if self._session is not None:  # as data_received, one call less per read
+            self._feed(data)
+        else:
+            self._keep(data)
 
     def data_received(self, data: bytes) -> None:
         if self._session is not None:
             self._feed(data)
-            return
+        else:
+            self._keep(data)
+
+    def _keep(self, data: bytes) -> None:
+        """The task is busy: keep ``data`` for its next ``next_actions``."""
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > _READ_LIMIT and not self._reading_paused and self.transport:
@@ -477,9 +555,7 @@ class TransportConnection(asyncio.BufferedProtocol):
         drain = self._drain
         if drain is not None and not drain.done():
             drain.set_result(None)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timeouts.waiting.discard(self)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -504,43 +580,56 @@ class TransportConnection(asyncio.BufferedProtocol):
                 self._hand_over([action])  # the last of the round (see run_inline)
                 return
         except Exception as exc:  # the task reports it, as if it had failed itself
-            self._session = None
-            if self._waiter is not None and not self._waiter.done():
-                self._waiter.set_exception(exc)
+            self._hand_over(exc)
             return
         if not data or self._writing_paused or self._stopping():
             self._hand_over([])  # the end, a client that does not read, or a stopping server
         else:
-            self._arm(session.timeout)
+            self._timeouts.watch(self, self._loop.time() + session.timeout)
 
-    def _hand_over(self, actions: list[Action] | WaitEnd) -> None:
-        self._session = None
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(actions)
+    def _hand_over(self, outcome: list[Action] | WaitEnd | BaseException) -> None:
+        """The wait is over: wake the waiting task, or (parked) have the server start one."""
+        session, spool = self._session, self._spool
+        self._session = self._spool = None
+        self._timeouts.waiting.discard(self)
+        waiter, wake = self._waiter, self._wake
+        if waiter is not None:
+            if not waiter.done():
+                if isinstance(outcome, BaseException):
+                    waiter.set_exception(outcome)
+                else:
+                    waiter.set_result(outcome)
+        elif wake is not None and session is not None and spool is not None:
+            self._wake = None
+            wake(self, session, spool, outcome)
 
-    def _arm(self, timeout: float) -> None:
-        self._deadline = deadline = self._loop.time() + timeout
-        timer = self._timer
-        if timer is None or timer.when() > deadline:
-            if timer is not None:
-                timer.cancel()
-            self._timer = self._loop.call_at(deadline, self._expire)
-
-    def _expire(self) -> None:
-        self._timer = None
-        if self._session is None:
-            return  # the task is busy: its next wait sets a new deadline
-        if self._loop.time() + _TIMER_SLACK >= self._deadline:
+    def expire(self) -> None:
+        """The wait is overdue (``TransportTimeouts`` says so)."""
+        if self._session is not None:
             self._hand_over(WaitEnd.TIMED_OUT)
-        else:  # the deadline moved on since this timer was set
-            self._timer = self._loop.call_at(self._deadline, self._expire)
 
     # --- Connection ---------------------------------------------------------------------------
 
     @property
     def peer(self) -> tuple[str, int] | None:
-        return peer_address(self.transport.get_extra_info("peername") if self.transport else None)
+        return self._peer
+
+    def park(self, session: Session, spool: SpoolFile, wake: Wake) -> bool:
+        """Wait for the client with no task at all, if nothing is to be done first (bytes kept
+        while the task was busy, a drain, an interrupt, the end): the callbacks feed
+        ``session`` as they do for ``next_actions``, and what would have woken the task calls
+        ``wake(self, session, spool, outcome)`` instead, whose task carries on from there.
+        An idle connection then holds no task, no coroutine frames and no future (W5)."""
+        if self._writing_paused or self._interrupted or self._chunks or self._eof or self._lost:
+            return False  # next_actions deals with these
+        self._session, self._spool, self._wake = session, spool, wake
+        self._timeouts.watch(self, self._loop.time() + session.timeout)
+        return True
+
+    def end_wait(self, outcome: BaseException) -> None:
+        """End a parked wait with ``outcome`` raised in the task that ``wake`` starts."""
+        if self._session is not None and self._waiter is None:
+            self._hand_over(outcome)
 
     async def next_actions(self, session: Session, spool: SpoolFile) -> list[Action] | WaitEnd:
         if self._writing_paused and not self._lost:
@@ -558,14 +647,15 @@ class TransportConnection(asyncio.BufferedProtocol):
                 self.transport.resume_reading()
             return session.receive_data(data)
         self._session, self._spool = session, spool
-        self._arm(session.timeout)
+        self._timeouts.watch(self, self._loop.time() + session.timeout)
         waiter: asyncio.Future[list[Action] | WaitEnd] = self._loop.create_future()
         self._waiter = waiter
         try:
             return await waiter
         finally:
             self._waiter = None
-            self._session = None
+            self._session = self._spool = None
+            self._timeouts.waiting.discard(self)  # cancelled: the wait is over all the same
 
     async def _wait_drain(self) -> None:
         self._drain = self._loop.create_future()
@@ -628,8 +718,6 @@ class TransportConnection(asyncio.BufferedProtocol):
             self._interrupted = True
 
     async def aclose(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timeouts.waiting.discard(self)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()

@@ -12,7 +12,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +32,7 @@ from smtp_core import (
     Session,
 )
 from smtp_core.adapter import (
+    Action,
     Call,
     HandlerCall,
     SessionFactory,
@@ -54,6 +55,8 @@ from ._connection import (
     SocketConnection,
     StreamConnection,
     TransportConnection,
+    TransportTimeouts,
+    Wake,
     Watchdog,
 )
 
@@ -127,6 +130,10 @@ class Server:
     _watchdog: Watchdog | None = attrs.field(init=False, default=None)
     _factory: SessionFactory | None = attrs.field(init=False, default=None)
     _tasks: set[asyncio.Task[None]] = attrs.field(init=False, factory=set)
+    _timeouts: TransportTimeouts | None = attrs.field(init=False, default=None)
+    #: TransportConnections waiting for their clients with no task (``TransportConnection.park``)
+    _parked: set[TransportConnection] = attrs.field(init=False, factory=set)
+    _wake_parked: Wake | None = attrs.field(init=False, default=None)  #: ``_wake``, bound once
     #: what the connections read into (one loop, so one read at a time); copied out at once
     _read_buffer: memoryview = attrs.field(
         init=False, factory=lambda: memoryview(bytearray(_READ_BUFFER))
@@ -155,13 +162,18 @@ class Server:
         await self._task_group.__aenter__()
         loop = _asyncio_loop()
         buffer = self._read_buffer
+        if loop is not None and not self.implicit_tls:
+            self._timeouts = TransportTimeouts(loop)
+        timeouts = self._timeouts
+        spawn, is_stopping = self._spawn, self._is_stopping  # bound once, not per connection
+        self._wake_parked = self._wake
         for listener in self._listener.listeners:
-            if loop is not None and not self.implicit_tls:
+            if loop is not None and timeouts is not None:
                 # On asyncio the loop accepts, and each connection is served straight on its
                 # transport (see TransportConnection); TLS from the first byte stays on anyio.
                 self._loop_servers.append(
                     await loop.create_server(
-                        lambda: TransportConnection(self._spawn, self._is_stopping, buffer),
+                        lambda: TransportConnection(spawn, is_stopping, buffer, timeouts),
                         sock=listener.extra(SocketAttribute.raw_socket),
                         backlog=_BACKLOG,
                     )
@@ -189,12 +201,24 @@ class Server:
             while self._sessions:
                 await anyio.sleep(0.01)
         self._task_group.cancel_scope.cancel()
+        for task in list(self._tasks):
+            # A task cancelled before its first step never runs its ``finally`` blocks; one
+            # not started yet sees the forced stop itself (``_forced``) and ends as if cancelled.
+            coroutine = task.get_coro()
+            if not inspect.iscoroutine(coroutine) or (
+                inspect.getcoroutinestate(coroutine) != inspect.CORO_CREATED
+            ):
+                task.cancel()
+        # Parked connections (in a transaction still) have no task to cancel: each gets one
+        # that ends as a cancelled task ends (the session dropped, the connection closed).
+        for connection in list(self._parked):
+            connection.end_wait(asyncio.CancelledError())
         tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
         if tasks:
             with anyio.CancelScope(shield=True):
                 await asyncio.wait(tasks)
+        if self._timeouts is not None:
+            self._timeouts.close()
 
     async def serve_forever(
         self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
@@ -225,23 +249,53 @@ class Server:
     def _is_stopping(self) -> bool:
         return self._stopping
 
+    @property
+    def _forced(self) -> bool:
+        """``stop()`` gave up waiting: every connection still open is to be ended now."""
+        return self._stopping and self._task_group.cancel_scope.cancel_called
+
     def _spawn(self, connection: TransportConnection) -> None:
         """A connection the asyncio loop accepted: serve it in a task of its own. A plain
         asyncio task, not one of the task group's, which would cost a task handle, an event
         and a wrapper coroutine per connection; ``stop()`` cancels these tasks itself."""
-        if self._stopping and self._task_group.cancel_scope.cancel_called:
+        if self._forced:
             if connection.transport is not None:
                 connection.transport.abort()
             return
-        task = asyncio.get_running_loop().create_task(self._serve(connection))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._start(self._serve(connection))
+
+    def _start(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """A task for a TransportConnection: it leaves ``_tasks`` itself as it ends
+        (``_task_ends``), which costs less than a done callback (one more loop callback)."""
+        self._tasks.add(asyncio.get_running_loop().create_task(coroutine))
+
+    def _task_ends(self, connection: Connection) -> None:
+        if isinstance(connection, TransportConnection):  # only those run in ``_start``'s tasks
+            self._tasks.discard(asyncio.current_task())
+
+    def _wake(
+        self,
+        connection: TransportConnection,
+        session: Session,
+        spool: SpoolFile,
+        outcome: list[Action] | WaitEnd | BaseException,
+    ) -> None:
+        """A parked connection's wait is over: a task carries on where ``_carry_on`` parked it."""
+        self._parked.discard(connection)
+        ticket = connection.ticket
+        assert ticket is not None
+        ticket.waiting = False  # undo what _carry_on did as it parked
+        self._idle.pop(session, None)
+        self._start(self._carry_on(session, connection, spool, ticket, outcome))
 
     async def _serve(self, connection: Connection) -> None:
         admission = self.admission
         assert admission is not None
         ticket: Ticket[Connection] | None = None
+        session: Session | None = None
         try:
+            if self._forced:
+                return  # accepted just before the stop gave up waiting
             peer = connection.peer
             verdict = admission.admit(
                 peer[0] if peer else None, connection, time.monotonic(), stopping=self._stopping
@@ -260,19 +314,104 @@ class Server:
                 return
             ticket.session = session
             self._sessions.add(session)
-            spool = SpoolFile()
+        except Exception:  # one connection's bug must not stop the server
+            log.exception("connection failed")
+            session = None
+        finally:
+            if session is None:
+                if ticket is not None:
+                    admission.leave(ticket)
+                await connection.aclose()
+                self._task_ends(connection)
+        if session is not None and ticket is not None:
+            await self._carry_on(session, connection, SpoolFile(), ticket, None)
+
+    async def _carry_on(
+        self,
+        session: Session,
+        connection: Connection,
+        spool: SpoolFile,
+        ticket: Ticket[Any],
+        outcome: list[Action] | WaitEnd | BaseException | None,
+    ) -> None:
+        """Run ``session`` from its start (``outcome`` None) or from the end of a parked wait:
+        carry out its actions and wait for its client, round after round, until it ends (then
+        drop it and close) or its connection parks (it waits with no task; see
+        ``TransportConnection.park``). One coroutine: a parked connection's every wake
+        starts one."""
+        admission = self.admission
+        assert admission is not None
+        parked = False
+        try:
             try:
-                await self._run(session, connection, spool, ticket)
+                if self._forced:
+                    raise asyncio.CancelledError  # started after stop() cancelled the tasks
+                if outcome is None:
+                    actions = session.start()
+                elif isinstance(outcome, BaseException):
+                    raise outcome  # what the connection's callback ran into
+                elif isinstance(outcome, list) and not ticket.evicted:
+                    actions = outcome  # fed in the callback, which noted the activity already
+                else:
+                    actions = self._after_wait(session, ticket, outcome)
+                write, spool_write = connection.write, spool.write
+                while True:
+                    action = run_inline(session, actions, write, spool_write)
+                    if connection.unflushed and not await connection.flush():
+                        break  # the client is gone; nothing accepted is pending
+                    if isinstance(action, Call):
+                        actions = session.resolve(action, await self._call(action, spool))
+                        continue
+                    if isinstance(action, UpgradeToTLS):
+                        assert self.ssl_context is not None
+                        session.discard_before_tls(connection.take_unread())  # RFC 3207 §4.2
+                        try:
+                            tls: object = await connection.start_tls(
+                                self.ssl_context, session.tls_timeout
+                            )
+                        except Exception as exc:
+                            tls = exc
+                        actions = session.resolve(action, tls)
+                        continue
+                    if action is not None:  # Close
+                        break
+                    if self._stopping:
+                        actions = session.server_stopping()
+                        if actions:
+                            continue
+                    idle = not session.in_transaction
+                    if idle:
+                        self._idle[session] = connection  # a stop interrupts idle sessions
+                    ticket.waiting = True  # a full server may evict us now, if we are idle
+                    if (
+                        isinstance(connection, TransportConnection)
+                        and self._wake_parked is not None
+                        and connection.park(session, spool, self._wake_parked)
+                    ):
+                        # ``_wake`` starts the next task, and undoes the two lines above
+                        self._parked.add(connection)
+                        parked = True
+                        return
+                    try:
+                        # What the client's next bytes lead to, or why the wait ended without.
+                        more = await connection.next_actions(session, spool)
+                    finally:
+                        ticket.waiting = False
+                        if idle:
+                            del self._idle[session]
+                    actions = self._after_wait(session, ticket, more)
             finally:
-                await self._drop(session, spool)
-                spool.close()
-                self._sessions.discard(session)
+                if not parked:
+                    await self._drop(session, spool)
+                    spool.close()
+                    self._sessions.discard(session)
         except Exception:  # one connection's bug must not stop the server
             log.exception("connection failed")
         finally:
-            if ticket is not None:
+            if not parked:
                 admission.leave(ticket)
-            await connection.aclose()
+                await connection.aclose()
+            self._task_ends(connection)
 
     def _sessions_factory(self) -> SessionFactory:
         """This listener's SessionFactory; built again when a reload swapped what it uses."""
@@ -294,55 +433,16 @@ class Server:
         tls = factory.handshake(peer, outcome)
         return None if tls is None else factory(peer, tls)
 
-    async def _run(
-        self, session: Session, connection: Connection, spool: SpoolFile, ticket: Ticket[Any]
-    ) -> None:
-        actions = session.start()
-        write, spool_write = connection.write, spool.write
-        while True:
-            action = run_inline(session, actions, write, spool_write)
-            if connection.unflushed and not await connection.flush():
-                return  # the client is gone; nothing accepted is pending
-            if isinstance(action, Call):
-                actions = session.resolve(action, await self._call(action, spool))
-                continue
-            if isinstance(action, UpgradeToTLS):
-                assert self.ssl_context is not None
-                session.discard_before_tls(connection.take_unread())  # RFC 3207 §4.2
-                try:
-                    outcome: object = await connection.start_tls(
-                        self.ssl_context, session.tls_timeout
-                    )
-                except Exception as exc:
-                    outcome = exc
-                actions = session.resolve(action, outcome)
-                continue
-            if action is not None:  # Close
-                return
-            if self._stopping:
-                actions = session.server_stopping()
-                if actions:
-                    continue
-            idle = not session.in_transaction
-            if idle:
-                self._idle[session] = connection  # a stop interrupts idle sessions
-            ticket.waiting = True  # a full server may evict us now, if we are idle
-            try:
-                # What the client's next bytes lead to, or why the wait ended without them.
-                more = await connection.next_actions(session, spool)
-            finally:
-                ticket.waiting = False
-                if idle:
-                    del self._idle[session]
-            if ticket.evicted:  # our slot went to a newcomer while we waited, idle
-                actions = session.wait_ended(
-                    WaitEnd.INTERRUPTED, stopping=self._stopping, evicted=True
-                )
-            elif isinstance(more, WaitEnd):
-                actions = session.wait_ended(more, stopping=self._stopping)
-            else:
-                ticket.active_at = time.monotonic()
-                actions = more
+    def _after_wait(
+        self, session: Session, ticket: Ticket[Any], more: list[Action] | WaitEnd
+    ) -> list[Action]:
+        """The actions that follow a wait for the client: its outcome, or an eviction."""
+        if ticket.evicted:  # our slot went to a newcomer while we waited, idle
+            return session.wait_ended(WaitEnd.INTERRUPTED, stopping=self._stopping, evicted=True)
+        if isinstance(more, WaitEnd):
+            return session.wait_ended(more, stopping=self._stopping)
+        ticket.active_at = time.monotonic()
+        return more
 
     async def _drop(self, session: Session, spool: SpoolFile) -> None:
         """However the connection ended: carry out the Calls that end what the session still

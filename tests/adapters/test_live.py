@@ -330,6 +330,33 @@ def test_idle_timeout(kind: str, router: Router[Any]) -> None:
         assert sock.recv(10) == b""
 
 
+def test_each_connection_keeps_its_own_timeout(kind: str, router: Router[Any]) -> None:
+    """Timeouts are per connection, however a server times them (asyncio: one timer for all
+    of a listener's connections): a client that keeps talking is not cut when a quiet one's
+    time is up, each read moves the deadline on, and a wait whose timeout is shorter than
+    the one before (DATA's 3 min after a command's 5 min) ends on the shorter one."""
+    config = ServerConfig(command_timeout=3.0, data_timeout=0.3)
+    with (
+        running(kind, router, config=config) as server,
+        raw(server.port) as quiet,
+        raw(server.port) as talking,
+        raw(server.port) as sending,
+    ):
+        for sock in (quiet, talking, sending):
+            assert read_replies(sock, 1)[0][:3] == b"220"
+            sock.sendall(b"EHLO c.example\r\n")
+            assert read_replies(sock, 1)[0][:3] == b"250"
+        sending.sendall(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+        assert [line[:3] for line in read_replies(sending, 3)] == [b"250", b"250", b"354"]
+        assert read_replies(sending, 1)[0][:3] == b"421"  # after 0.3 s, not 3 s
+        for _ in range(8):  # 4 s in all: past the 3 s the quiet one has
+            time.sleep(0.5)
+            talking.sendall(b"NOOP\r\n")
+            assert read_replies(talking, 1)[0][:3] == b"250"
+        assert read_replies(quiet, 1) == [b"421 4.4.2 Timeout, closing connection"]
+        assert quiet.recv(10) == b""
+
+
 def test_connection_cap(kind: str, router: Router[Any]) -> None:
     """Full, and the one connection is inside a transaction: nobody to evict, so 421 4.7.0.
     (tests/adapters/test_limits.py has the eviction of idle connections.)"""
