@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO
 
@@ -19,6 +20,7 @@ from smtp_sync.auth_file import AuthFilePolicy, load_auth_file
 
 __all__ = [
     "JSONFormatter",
+    "LeanRecord",
     "LineHandler",
     "MetricsEndpoint",
     "Reloader",
@@ -34,6 +36,84 @@ _FIELDS = (
     *("mail_from", "rcpt_tos", "accepted", "size", "reply_code", "reply", "duration"),
     *("listener", "worker", "pid"),  # the command line's own lines
 )
+
+
+#: what ``Logger._log`` passes for the caller when ``logging._srcfile`` is None (the CLI's case);
+#: ``os.path.basename`` and ``splitext`` of it are itself
+_NO_CALLER = "(unknown file)"
+_LOGGING = vars(logging)  #: the logging module's flags, as they are when a record is made
+_TASKS = sys.version_info >= (3, 12)  #: LogRecord has ``taskName``, and the flag for it
+_NANOSECONDS = sys.version_info >= (3, 13)  #: LogRecord reads ``time.time_ns`` (gh-102402)
+
+
+class LeanRecord(logging.LogRecord):
+    """A ``LogRecord`` with the same attributes and values, made for less, for a process that
+    switched off the caller, thread, process and task look-ups (the CLI's
+    ``_configure_logging`` installs it with ``logging.setLogRecordFactory``).
+
+    ``LogRecord.__init__`` still takes the caller's file name apart (``os.path.basename`` and
+    ``splitext`` of ``"(unknown file)"``: five calls) and asks each flag. Equivalent because
+    ``Logger._log`` passes ``"(unknown file)"`` when ``logging._srcfile`` is None, and with the
+    flags off LogRecord sets the thread, process and task attributes to None; any other call
+    (a caller given, a flag back on, a single mapping argument) goes the standard way. The
+    attributes are set in LogRecord's order, so both kinds of record share one key table.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        level: int,
+        pathname: str,
+        lineno: int,
+        msg: object,
+        args: Any,
+        exc_info: Any,
+        func: str | None = None,
+        sinfo: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if (
+            pathname != _NO_CALLER
+            or logging.logThreads
+            or logging.logProcesses
+            or logging.logMultiprocessing
+            or (_TASKS and _LOGGING["logAsyncioTasks"])
+            or (args and len(args) == 1 and isinstance(args[0], Mapping) and args[0])
+        ):
+            super().__init__(name, level, pathname, lineno, msg, args, exc_info, func, sinfo)
+            return
+        now = time.time_ns() if _NANOSECONDS else time.time()
+        self.name = name
+        self.msg = msg
+        self.args = args
+        self.levelname = logging.getLevelName(level)
+        self.levelno = level
+        self.pathname = pathname
+        self.filename = pathname
+        self.module = pathname
+        self.exc_info = exc_info
+        self.exc_text = None
+        self.stack_info = sinfo
+        self.lineno = lineno
+        self.funcName = func  # type: ignore[assignment]  # None, as LogRecord sets it
+        start = logging._startTime  # type: ignore[attr-defined]
+        if _NANOSECONDS:  # as 3.13's LogRecord
+            self.created = created = now / 1e9
+            msecs = (now % 1_000_000_000) // 1_000_000 + 0.0
+            if msecs == 999.0 and int(created) != now // 1_000_000_000:
+                msecs = 0.0  # the float rounded up to the next second
+            self.msecs = msecs
+            self.relativeCreated = (now - start) / 1e6
+        else:
+            self.created = now
+            self.msecs = int((now - int(now)) * 1000) + 0.0  # gh-89047
+            self.relativeCreated = (now - start) * 1000
+        self.thread = None
+        self.threadName = None
+        self.processName = None
+        self.process = None
+        if _TASKS:
+            self.taskName = None
 
 
 class _SecondStamps:
@@ -111,10 +191,21 @@ class LineHandler(logging.StreamHandler[TextIO]):
         super().__init__(stream)
         self._flushes_lines = bool(getattr(stream, "line_buffering", False))
 
+    def handle(self, record: logging.LogRecord) -> bool:
+        """``Handler.handle`` without its three calls around ``emit`` when there is no filter
+        (``filter`` over none, ``acquire``, ``release``): the same lock, held the same way."""
+        if self.filters:
+            return super().handle(record)
+        with self.lock:  # type: ignore[union-attr]  # Handler.__init__ made it (createLock)
+            self.emit(record)
+        return True
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             stream = self.stream
-            stream.write(self.format(record) + self.terminator)
+            formatter = self.formatter  # Handler.format, one call less
+            line = formatter.format(record) if formatter is not None else self.format(record)
+            stream.write(line + self.terminator)
             if not self._flushes_lines:
                 stream.flush()
         except RecursionError:
