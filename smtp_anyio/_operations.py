@@ -7,6 +7,7 @@ endpoint is a small ``http.server`` in a daemon thread that renders the counters
 from __future__ import annotations
 
 import json
+import json.encoder
 import logging
 import ssl
 import sys
@@ -124,15 +125,19 @@ class _SecondStamps:
     def __init__(self, converter: Callable[[float | None], time.struct_time], datefmt: str):
         self._converter = converter
         self._datefmt = datefmt
-        self._second = -1
-        self._stamp = ""
+        self.second = -1  #: the second ``stamp`` shows (a caller may read both without a call)
+        self.stamp = ""
 
     def __call__(self, created: float) -> str:
         second = int(created)
-        if second != self._second:
-            self._stamp = time.strftime(self._datefmt, self._converter(second))
-            self._second = second
-        return self._stamp
+        if second != self.second:
+            self.stamp = time.strftime(self._datefmt, self._converter(second))
+            self.second = second
+        return self.stamp
+
+
+#: ``%03d`` of each millisecond, made once: a line's time stamp takes its milliseconds from here
+_MILLISECONDS = tuple(f"{n:03d}" for n in range(1000))
 
 
 class TextFormatter(logging.Formatter):
@@ -151,9 +156,32 @@ class TextFormatter(logging.Formatter):
         if record.exc_info or record.exc_text or record.stack_info:
             record.session = session
             return super().format(record)
-        message = record.getMessage()
-        stamp = f"{self._seconds(record.created)},{int(record.msecs):03d}"
-        return f"{stamp} {record.levelname} {record.name} {session}{message}"
+        created, seconds = record.created, self._seconds
+        stamp = seconds.stamp if int(created) == seconds.second else seconds(created)
+        millis = int(record.msecs)  # 0-999, but negative before 1970
+        shown = _MILLISECONDS[millis] if 0 <= millis < 1000 else f"{millis:03d}"
+        return f"{stamp},{shown} {record.levelname} {record.name} {session}{record.getMessage()}"
+
+
+def _one_shot_encoder() -> Callable[[object], str] | None:
+    """What ``json.dumps(entry, default=str)`` runs in the end: the C encoder
+    (``json.encoder.c_make_encoder``, with the same separators, escaping and ``default``),
+    built once instead of per line with a Python closure around it; None without the C
+    module. Without a check for circular references: an entry holds the session's flat
+    fields (strings, numbers, a tuple or list of strings), which cannot contain themselves."""
+    make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if make_encoder is None:
+        return None
+    encoder = json.JSONEncoder(default=str)
+    chunks = make_encoder(
+        *(None, str, json.encoder.encode_basestring_ascii, None),  # markers, default, ...
+        *(encoder.key_separator, encoder.item_separator, False, False, True),
+    )
+
+    def encode(entry: object) -> str:
+        return "".join(chunks(entry, 0))
+
+    return encode
 
 
 class JSONFormatter(logging.Formatter):
@@ -163,7 +191,7 @@ class JSONFormatter(logging.Formatter):
         super().__init__()
         self._seconds = _SecondStamps(self.converter, "%Y-%m-%dT%H:%M:%S%z")
         # json.dumps(entry, default=str) builds an encoder per call; one does for every line
-        self._encode = json.JSONEncoder(default=str).encode
+        self._encode = _one_shot_encoder() or json.JSONEncoder(default=str).encode
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
