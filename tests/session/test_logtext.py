@@ -133,3 +133,28 @@ def test_the_session_logs_through_a_fields_logger() -> None:
     assert isinstance(session_log, FieldsLogger)
     assert logging.getLogger("smtpmux.session") is session_log
     assert type(logging.getLogger("smtpmux.someone.else")) is logging.getLoggerClass()
+
+
+class Collecting(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.parametrize("kind", [FieldsLogger, logging.Logger])
+def test_fields_logger_hands_on_what_logger_hands_on(kind: type[logging.Logger]) -> None:
+    """Its handle skips the call to filter only when there is none: filters and ``disabled``
+    still count."""
+    logger, handler = kind("fields.test"), Collecting()
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.warning("plain")
+    logger.addFilter(lambda made: "drop" not in made.getMessage())
+    logger.warning("drop me")
+    logger.warning("kept")
+    logger.disabled = True
+    logger.warning("disabled")
+    assert handler.messages == ["plain", "kept"]
