@@ -23,7 +23,14 @@ from smtp_sync import Server as SyncServer
 from . import _config_file, _systemd
 from ._cli import UsageError, _BadArguments, _parse
 from ._cli_config import _print_check, _servers
-from ._operations import JSONFormatter, LineHandler, MetricsEndpoint, Reloader, TextFormatter
+from ._operations import (
+    JSONFormatter,
+    LeanRecord,
+    LineHandler,
+    MetricsEndpoint,
+    Reloader,
+    TextFormatter,
+)
 from ._server import Server
 from ._workers import MetricsBoard, share_listeners, supervise
 
@@ -269,6 +276,11 @@ def _configure_logging(args: argparse.Namespace) -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+    if sys.version_info >= (3, 12):
+        logging.logAsyncioTasks = False
+    # ... and its records need not take "(unknown file)" apart either: the same attributes,
+    # from a table (LeanRecord)
+    logging.setLogRecordFactory(LeanRecord)
     # The webhook's HTTP client logs each request at INFO (smtpmux.delivery already has one
     # line per delivery) and its connections at DEBUG (noise in --debug's protocol trace).
     for name in ("httpx", "httpcore"):

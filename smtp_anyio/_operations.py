@@ -7,11 +7,13 @@ endpoint is a small ``http.server`` in a daemon thread that renders the counters
 from __future__ import annotations
 
 import json
+import json.encoder
 import logging
 import ssl
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO
 
@@ -19,6 +21,7 @@ from smtp_sync.auth_file import AuthFilePolicy, load_auth_file
 
 __all__ = [
     "JSONFormatter",
+    "LeanRecord",
     "LineHandler",
     "MetricsEndpoint",
     "Reloader",
@@ -36,6 +39,84 @@ _FIELDS = (
 )
 
 
+#: what ``Logger._log`` passes for the caller when ``logging._srcfile`` is None (the CLI's case);
+#: ``os.path.basename`` and ``splitext`` of it are itself
+_NO_CALLER = "(unknown file)"
+_LOGGING = vars(logging)  #: the logging module's flags, as they are when a record is made
+_TASKS = sys.version_info >= (3, 12)  #: LogRecord has ``taskName``, and the flag for it
+_NANOSECONDS = sys.version_info >= (3, 13)  #: LogRecord reads ``time.time_ns`` (gh-102402)
+
+
+class LeanRecord(logging.LogRecord):
+    """A ``LogRecord`` with the same attributes and values, made for less, for a process that
+    switched off the caller, thread, process and task look-ups (the CLI's
+    ``_configure_logging`` installs it with ``logging.setLogRecordFactory``).
+
+    ``LogRecord.__init__`` still takes the caller's file name apart (``os.path.basename`` and
+    ``splitext`` of ``"(unknown file)"``: five calls) and asks each flag. Equivalent because
+    ``Logger._log`` passes ``"(unknown file)"`` when ``logging._srcfile`` is None, and with the
+    flags off LogRecord sets the thread, process and task attributes to None; any other call
+    (a caller given, a flag back on, a single mapping argument) goes the standard way. The
+    attributes are set in LogRecord's order, so both kinds of record share one key table.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        level: int,
+        pathname: str,
+        lineno: int,
+        msg: object,
+        args: Any,
+        exc_info: Any,
+        func: str | None = None,
+        sinfo: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if (
+            pathname != _NO_CALLER
+            or logging.logThreads
+            or logging.logProcesses
+            or logging.logMultiprocessing
+            or (_TASKS and _LOGGING["logAsyncioTasks"])
+            or (args and len(args) == 1 and isinstance(args[0], Mapping) and args[0])
+        ):
+            super().__init__(name, level, pathname, lineno, msg, args, exc_info, func, sinfo)
+            return
+        now = time.time_ns() if _NANOSECONDS else time.time()
+        self.name = name
+        self.msg = msg
+        self.args = args
+        self.levelname = logging.getLevelName(level)
+        self.levelno = level
+        self.pathname = pathname
+        self.filename = pathname
+        self.module = pathname
+        self.exc_info = exc_info
+        self.exc_text = None
+        self.stack_info = sinfo
+        self.lineno = lineno
+        self.funcName = func  # type: ignore[assignment]  # None, as LogRecord sets it
+        start = logging._startTime  # type: ignore[attr-defined]
+        if _NANOSECONDS:  # as 3.13's LogRecord
+            self.created = created = now / 1e9
+            msecs = (now % 1_000_000_000) // 1_000_000 + 0.0
+            if msecs == 999.0 and int(created) != now // 1_000_000_000:
+                msecs = 0.0  # the float rounded up to the next second
+            self.msecs = msecs
+            self.relativeCreated = (now - start) / 1e6
+        else:
+            self.created = now
+            self.msecs = int((now - int(now)) * 1000) + 0.0  # gh-89047
+            self.relativeCreated = (now - start) * 1000
+        self.thread = None
+        self.threadName = None
+        self.processName = None
+        self.process = None
+        if _TASKS:
+            self.taskName = None
+
+
 class _SecondStamps:
     """A record's local time to the second, formatted once per second and not once per line:
     ``time.strftime`` was a tenth of a log line's cost, and a busy server writes many lines in
@@ -44,15 +125,19 @@ class _SecondStamps:
     def __init__(self, converter: Callable[[float | None], time.struct_time], datefmt: str):
         self._converter = converter
         self._datefmt = datefmt
-        self._second = -1
-        self._stamp = ""
+        self.second = -1  #: the second ``stamp`` shows (a caller may read both without a call)
+        self.stamp = ""
 
     def __call__(self, created: float) -> str:
         second = int(created)
-        if second != self._second:
-            self._stamp = time.strftime(self._datefmt, self._converter(second))
-            self._second = second
-        return self._stamp
+        if second != self.second:
+            self.stamp = time.strftime(self._datefmt, self._converter(second))
+            self.second = second
+        return self.stamp
+
+
+#: ``%03d`` of each millisecond, made once: a line's time stamp takes its milliseconds from here
+_MILLISECONDS = tuple(f"{n:03d}" for n in range(1000))
 
 
 class TextFormatter(logging.Formatter):
@@ -71,9 +156,32 @@ class TextFormatter(logging.Formatter):
         if record.exc_info or record.exc_text or record.stack_info:
             record.session = session
             return super().format(record)
-        message = record.getMessage()
-        stamp = f"{self._seconds(record.created)},{int(record.msecs):03d}"
-        return f"{stamp} {record.levelname} {record.name} {session}{message}"
+        created, seconds = record.created, self._seconds
+        stamp = seconds.stamp if int(created) == seconds.second else seconds(created)
+        millis = int(record.msecs)  # 0-999, but negative before 1970
+        shown = _MILLISECONDS[millis] if 0 <= millis < 1000 else f"{millis:03d}"
+        return f"{stamp},{shown} {record.levelname} {record.name} {session}{record.getMessage()}"
+
+
+def _one_shot_encoder() -> Callable[[object], str] | None:
+    """What ``json.dumps(entry, default=str)`` runs in the end: the C encoder
+    (``json.encoder.c_make_encoder``, with the same separators, escaping and ``default``),
+    built once instead of per line with a Python closure around it; None without the C
+    module. Without a check for circular references: an entry holds the session's flat
+    fields (strings, numbers, a tuple or list of strings), which cannot contain themselves."""
+    make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if make_encoder is None:
+        return None
+    encoder = json.JSONEncoder(default=str)
+    chunks = make_encoder(
+        *(None, str, json.encoder.encode_basestring_ascii, None),  # markers, default, ...
+        *(encoder.key_separator, encoder.item_separator, False, False, True),
+    )
+
+    def encode(entry: object) -> str:
+        return "".join(chunks(entry, 0))
+
+    return encode
 
 
 class JSONFormatter(logging.Formatter):
@@ -83,7 +191,7 @@ class JSONFormatter(logging.Formatter):
         super().__init__()
         self._seconds = _SecondStamps(self.converter, "%Y-%m-%dT%H:%M:%S%z")
         # json.dumps(entry, default=str) builds an encoder per call; one does for every line
-        self._encode = json.JSONEncoder(default=str).encode
+        self._encode = _one_shot_encoder() or json.JSONEncoder(default=str).encode
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -111,10 +219,21 @@ class LineHandler(logging.StreamHandler[TextIO]):
         super().__init__(stream)
         self._flushes_lines = bool(getattr(stream, "line_buffering", False))
 
+    def handle(self, record: logging.LogRecord) -> bool:
+        """``Handler.handle`` without its three calls around ``emit`` when there is no filter
+        (``filter`` over none, ``acquire``, ``release``): the same lock, held the same way."""
+        if self.filters:
+            return super().handle(record)
+        with self.lock:  # type: ignore[union-attr]  # Handler.__init__ made it (createLock)
+            self.emit(record)
+        return True
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             stream = self.stream
-            stream.write(self.format(record) + self.terminator)
+            formatter = self.formatter  # Handler.format, one call less
+            line = formatter.format(record) if formatter is not None else self.format(record)
+            stream.write(line + self.terminator)
             if not self._flushes_lines:
                 stream.flush()
         except RecursionError:

@@ -51,7 +51,7 @@ from ._events import (
     StartTLS,
 )
 from ._lockout import AuthLockout
-from ._logtext import describe_tls_failure, format_host_port, plural
+from ._logtext import describe_tls_failure, fields_logger, format_host_port, plural
 from ._metrics import Metrics
 from ._router import Router
 from ._sasl import LoginMechanism, PlainMechanism
@@ -87,7 +87,7 @@ __all__ = [
     "count_handshake",
 ]
 
-log = logging.getLogger("smtpmux.session")
+log = fields_logger("smtpmux.session")  # its records take their fields in one step
 
 Handler: TypeAlias = Callable[[Envelope], "Awaitable[None] | None"]
 
@@ -896,24 +896,24 @@ class Session:
         if self._mail_at is not None:  # a clock set back counts as no time, not less
             duration = max(0.0, (self._clock() - self._mail_at).total_seconds())
         reply = format_reply(final)
+        sender = self._mail.address
+        extra = self._log_extra  # a new dict each time: the transaction's fields join it
+        extra["mail_from"] = sender
+        extra["rcpt_tos"] = rcpt_tos
+        extra["accepted"] = accepted
+        extra["size"] = size
+        extra["reply_code"] = final.code
+        extra["reply"] = reply
+        extra["duration"] = round(duration, 6)
         log.info(
             "message from <%s> to %s: %s; %d octets, %s, %.3f s",
-            self._mail.address,
-            ", ".join(f"<{address}>" for address in rcpt_tos),
+            sender,
+            f"<{'>, <'.join(rcpt_tos)}>" if rcpt_tos else "",  # <a>, <b>: one join, no generator
             reply,
             size,
             count,
             duration,
-            extra={
-                **self._log_extra,
-                "mail_from": self._mail.address,
-                "rcpt_tos": rcpt_tos,
-                "accepted": accepted,
-                "size": size,
-                "reply_code": final.code,
-                "reply": reply,
-                "duration": round(duration, 6),
-            },
+            extra=extra,
         )
 
     def _deliver(self) -> Generator[_Question, object, list[Reply]]:

@@ -7,18 +7,23 @@ the same record, and ``LineHandler`` to one line per record, readable as soon as
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import logging
+import os
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from smtp_anyio._operations import JSONFormatter, LineHandler, TextFormatter
+from smtp_anyio._cli_run import _configure_logging
+from smtp_anyio._operations import JSONFormatter, LeanRecord, LineHandler, TextFormatter
 
 BASE = 1_790_000_000.0  # a second boundary: the cache of the formatted second is tested across it
 
@@ -169,3 +174,122 @@ def test_utc_time_zone_is_shown_as_logging_shows_it() -> None:
     assert line["time"] == logging.Formatter().formatTime(
         record(RECORDS[2], created), "%Y-%m-%dT%H:%M:%S%z"
     )
+
+
+# --- the CLI's record factory and handler path (issue 15): less work, the same records -------
+
+#: the flags the CLI switches off (logAsyncioTasks exists from Python 3.12)
+FLAGS = ("logThreads", "logProcesses", "logMultiprocessing", "logAsyncioTasks")
+NO_CALLER = "(unknown file)"
+
+#: (id, pathname, msg, args, exc_info, sinfo, flag switched back on): each LeanRecord must
+#: hold exactly what a LogRecord holds, on its fast path and on the standard one
+RECORD_CASES = [
+    ("plain", NO_CALLER, "message from <%s> to %s", ("a", "<b>"), None, None, None),
+    ("no-args", NO_CALLER, "stopping", (), None, None, None),
+    ("not-a-str", NO_CALLER, 42, (), None, None, None),
+    ("mapping-arg", NO_CALLER, "%(a)s", ({"a": 1},), None, None, None),
+    ("empty-mapping", NO_CALLER, "%s", ({},), None, None, None),
+    ("exc-info", NO_CALLER, "failed", (), (ValueError, ValueError("x"), None), None, None),
+    ("stack-info", NO_CALLER, "here", (), None, "Stack (most recent call last):", None),
+    ("with-caller", "/srv/smtp_core/_session.py", "x %d", (1,), None, None, None),
+    ("threads-on", NO_CALLER, "x", (), None, None, "logThreads"),
+    ("processes-on", NO_CALLER, "x", (), None, None, "logProcesses"),
+    ("multiprocessing-on", NO_CALLER, "x", (), None, None, "logMultiprocessing"),
+]
+
+
+#: instants in ns: within a second, and one that rounds up to the next second as a float
+INSTANTS = [1_790_000_000_250_000_000, 1_790_000_000_999_999_999, 1_790_000_001_000_000_001]
+
+
+@pytest.fixture(params=INSTANTS)
+def flags_off(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    for flag in FLAGS:
+        if hasattr(logging, flag):
+            monkeypatch.setattr(logging, flag, False)
+    now: int = request.param  # both records made at the same instant (3.13 reads time_ns)
+    monkeypatch.setattr(time, "time", lambda: now / 1e9)
+    monkeypatch.setattr(time, "time_ns", lambda: now)
+
+
+@pytest.mark.parametrize("case", RECORD_CASES, ids=[case[0] for case in RECORD_CASES])
+@pytest.mark.parametrize("level", [logging.DEBUG, logging.INFO, logging.ERROR, 25])
+def test_lean_record_holds_what_log_record_holds(
+    case: tuple[Any, ...], level: int, flags_off: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, pathname, msg, args, exc_info, sinfo, flag_on = case
+    if flag_on:
+        monkeypatch.setattr(logging, flag_on, True)
+    made = ("smtpmux.session", level, pathname, 7, msg, args, exc_info, "f", sinfo)
+    lean, standard = LeanRecord(*made), logging.LogRecord(*made)
+    assert vars(lean) == vars(standard)
+    assert lean.getMessage() == standard.getMessage()
+
+
+@pytest.fixture
+def cli_logging(tmp_path: Path) -> Iterator[Path]:
+    """``_configure_logging`` as ``smtpmux serve`` runs it, its stderr in a file; every global
+    it changes is put back afterwards."""
+    root, status = logging.getLogger(), logging.getLogger("smtpmux.cli")
+    saved = (root.handlers[:], root.level, status.handlers[:], status.level, status.propagate)
+    flags = {flag: getattr(logging, flag) for flag in FLAGS if hasattr(logging, flag)}
+    saved_srcfile, factory = logging._srcfile, logging.getLogRecordFactory()  # type: ignore[attr-defined]
+    path = tmp_path / "stderr"
+    with path.open("w", encoding="utf-8") as stderr:
+        real, sys.stderr = sys.stderr, stderr
+        try:
+            root.handlers = []
+            _configure_logging(argparse.Namespace(log_format="text", debug=False, quiet=False))
+            yield path
+        finally:
+            sys.stderr = real
+            root.handlers, root.level = saved[0], saved[1]
+            status.handlers, status.level, status.propagate = saved[2], saved[3], saved[4]
+            for flag, value in flags.items():
+                setattr(logging, flag, value)
+            logging._srcfile = saved_srcfile  # type: ignore[attr-defined]
+            logging.setLogRecordFactory(factory)
+
+
+def test_the_cli_makes_its_records_without_the_lookups_it_switched_off(
+    cli_logging: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No caller's file to take apart, no thread, process or task to ask for: the line is
+    written all the same, as logging.Formatter would write it."""
+    asked: list[str] = []
+    for module, name in [(os.path, "basename"), (os.path, "splitext"), (os, "getpid")]:
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _r=real, _n=name: asked.append(_n) or _r(*a))
+    monkeypatch.setattr(threading, "current_thread", lambda: asked.append("thread"))
+    logging.getLogger("smtpmux.session").info("at %s", "t", extra=SESSION)
+    monkeypatch.undo()
+    assert asked == []
+    [line] = cli_logging.read_text(encoding="utf-8").splitlines()
+    assert line.endswith(" INFO smtpmux.session [Ab12] at t")
+
+
+def test_line_handler_keeps_the_lock_and_the_filters() -> None:
+    """LineHandler.handle skips Handler.handle's calls, not its lock nor its filters."""
+    seen: list[bool] = []
+
+    class Watching(io.StringIO):
+        def write(self, text: str) -> int:
+            # another thread cannot take the handler's lock while the line is written
+            taker = threading.Thread(target=lambda: seen.append(handler.lock.acquire(False)))
+            taker.start()
+            taker.join()
+            return super().write(text)
+
+    stream = Watching()
+    handler = LineHandler(stream)
+    handler.setFormatter(TextFormatter())
+    assert handler.handle(record(RECORDS[1], BASE)) is True
+    handler.addFilter(lambda made: made.levelno >= logging.WARNING)
+    assert not handler.handle(record(RECORDS[1], BASE))  # INFO: filtered out
+    assert handler.handle(record(RECORDS[2], BASE))  # WARNING: written
+    assert seen == [False, False]
+    assert stream.getvalue().splitlines() == [
+        reference_text(record(RECORDS[1], BASE)),
+        reference_text(record(RECORDS[2], BASE)),
+    ]
