@@ -182,6 +182,9 @@ class Watchdog:
             anyio.ClosedResourceError,
             trio.ClosedResourceError,
         )
+        #: trio's clock, read on every round: ``anyio.current_time`` first looks up the backend
+        self.now: Callable[[], float] = trio.current_time
+        self.checkpoint: Callable[[], Awaitable[None]] = trio.lowlevel.checkpoint
         self._deadlines: dict[SocketConnection, float] = {}
         self._wake_at = math.inf
         self._scope: anyio.CancelScope | None = None
@@ -198,7 +201,7 @@ class Watchdog:
 
     async def run(self) -> None:
         while True:
-            now = anyio.current_time()
+            now = self.now()
             wake_at = math.inf
             for connection, deadline in list(self._deadlines.items()):
                 if deadline <= now:
@@ -238,9 +241,15 @@ class SocketConnection:
         "stream",
     )
 
-    def __init__(self, stream: ByteStream, watchdog: Watchdog, read_buffer: memoryview) -> None:
+    def __init__(
+        self,
+        stream: ByteStream,
+        raw_socket: socket.socket,
+        watchdog: Watchdog,
+        read_buffer: memoryview,
+    ) -> None:
         self.stream = stream
-        self.socket: socket.socket = stream.extra(SocketAttribute.raw_socket)
+        self.socket = raw_socket  # the stream's own (its SocketAttribute.raw_socket)
         self._watchdog = watchdog
         self._read_buffer = read_buffer  # shared: filled and emptied with no await between
         self._more = False  # the last read filled the buffer: more is likely waiting
@@ -252,18 +261,26 @@ class SocketConnection:
 
     @property
     def peer(self) -> tuple[str, int] | None:
-        return peer_address(self.stream.extra(SocketAttribute.remote_address, None))
+        # From the socket, as the stream's ``SocketAttribute.remote_address`` would give it (an
+        # IPv6 scope id joined with "%"), without the table of every attribute ``extra`` builds
+        try:
+            address = self.socket.getpeername()
+        except OSError:
+            return None  # no longer connected
+        if len(address) == 4 and address[3]:
+            return (f"{address[0].split('%')[0]}%{address[3]}", address[1])
+        return peer_address(address)
 
     async def next_actions(self, session: Session, spool: SpoolFile) -> list[Action] | WaitEnd:
         if self._tls is not None:
             return await self._tls.next_actions(session, spool)
         sock, buffer, watchdog = self.socket, self._read_buffer, self._watchdog
         wait_readable = watchdog.wait_readable
-        watchdog.watch(self, anyio.current_time() + session.timeout)
+        watchdog.watch(self, watchdog.now() + session.timeout)
         self._waiting = True
         try:
             if self._more:
-                await anyio.lowlevel.checkpoint()  # let the other connections run too
+                await watchdog.checkpoint()  # let the other connections run too
             else:  # a reply just went out: wait for the answer
                 await wait_readable(sock)
             while True:

@@ -204,6 +204,21 @@ class Server:
             await anyio.sleep_forever()
 
     async def _accept(self, listener: SocketListener) -> None:
+        if _asyncio_loop() is not None:  # implicit TLS on asyncio: anyio's streams
+            await self._accept_into(listener, self._task_group.start_soon)
+            return
+        import trio  # on trio
+
+        # A plain trio nursery for the connections' tasks: anyio's task group would give each
+        # a wrapper coroutine, a cancel scope, an event and a handle (about 1 KiB per idle
+        # connection, W5), and one more frame on every wake-up. The task group's cancel scope
+        # (stop()) still reaches them: this nursery lives in one of its tasks.
+        async with trio.open_nursery() as nursery:
+            await self._accept_into(listener, nursery.start_soon)
+
+    async def _accept_into(
+        self, listener: SocketListener, start_soon: Callable[..., object]
+    ) -> None:
         while True:
             try:
                 stream = await listener.accept()
@@ -219,8 +234,8 @@ class Server:
                 if self._watchdog is None:
                     self._watchdog = Watchdog()
                     self._task_group.start_soon(self._watchdog.run)
-                connection = SocketConnection(stream, self._watchdog, self._read_buffer)
-            self._task_group.start_soon(self._serve, connection)
+                connection = SocketConnection(stream, raw, self._watchdog, self._read_buffer)
+            start_soon(self._serve, connection)
 
     def _is_stopping(self) -> bool:
         return self._stopping

@@ -1,0 +1,140 @@
+"""smtp_anyio._connection's trio paths, pinned: SocketConnection's reads, short or filling its
+buffer, hand the Session every byte in order; its peer is the stream's; the server runs trio
+connections in a plain nursery that a stop still ends."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import anyio
+import pytest
+from anyio.abc import SocketAttribute, SocketStream
+
+import smtp_anyio
+from smtp_anyio._connection import SocketConnection, Watchdog
+from smtp_core import Router, Session
+from smtp_sync.adapter import SpoolFile
+from tests.servers import Collect
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "trio"  # SocketConnection serves plain TCP on trio only
+
+
+class Recorder:
+    """Stands in for the Session: keeps what each read fed it."""
+
+    timeout = 30.0
+
+    def __init__(self) -> None:
+        self.reads: list[bytes] = []
+
+    def receive_data(self, data: bytes) -> list[Any]:
+        self.reads.append(data)
+        return []
+
+
+@asynccontextmanager
+async def socket_connection(
+    buffer_size: int, family: socket.AddressFamily = socket.AF_INET
+) -> AsyncIterator[tuple[SocketConnection, SocketStream, SocketStream]]:
+    """A SocketConnection on the server side of a real TCP connection, and the client."""
+    host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    listeners = await anyio.create_tcp_listener(local_host=host, local_port=0)
+    async with listeners:
+        listener = listeners.listeners[0]  # one address: one listener
+        port = listener.extra(SocketAttribute.local_port)
+        client = await anyio.connect_tcp(host, port)
+        server = await listener.accept()
+        raw = server.extra(SocketAttribute.raw_socket)
+        buffer = memoryview(bytearray(buffer_size))
+        connection = SocketConnection(server, raw, Watchdog(), buffer)
+        try:
+            yield connection, server, client
+        finally:
+            await client.aclose()
+            await connection.aclose()
+
+
+@pytest.mark.parametrize(
+    ("buffer_size", "payload"),
+    [
+        pytest.param(16, b"EHLO x\r\n", id="command-shorter-than-the-buffer"),
+        pytest.param(16, b"0123456789abcdef", id="exactly-one-buffer"),
+        pytest.param(16, os.urandom(16 * 1000 + 7), id="bulk-many-buffers"),
+        pytest.param(4096, b"line\r\n..dot\r\n" * 2000 + b".\r\n", id="dot-stuffed-data"),
+    ],
+)
+async def test_every_byte_reaches_the_session_in_order(buffer_size: int, payload: bytes) -> None:
+    """Whichever way each read goes, the session gets the client's bytes, in order, then b""
+    at the client's end (reads that fill the buffer take the bulk way)."""
+    async with socket_connection(buffer_size) as (connection, _server, client):
+        await client.send(payload)
+        await client.send_eof()
+        recorder = Recorder()
+        session = cast(Session, recorder)
+        while not recorder.reads or recorder.reads[-1]:
+            assert await connection.next_actions(session, SpoolFile()) == []
+    assert b"".join(recorder.reads) == payload
+    assert recorder.reads[-1] == b""
+    assert all(len(read) <= buffer_size for read in recorder.reads)
+    if len(payload) > 2 * buffer_size:
+        assert recorder.reads.count(b"") == 1
+        assert sum(len(read) == buffer_size for read in recorder.reads) >= 2
+
+
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        pytest.param(socket.AF_INET, id="ipv4"),
+        pytest.param(
+            socket.AF_INET6,
+            id="ipv6",
+            marks=pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback"),
+        ),
+    ],
+)
+async def test_peer_is_the_streams_remote_address(family: socket.AddressFamily) -> None:
+    """SocketConnection asks the socket itself; the answer is the stream's."""
+    async with socket_connection(16, family) as (connection, server, _client):
+        remote = server.extra(SocketAttribute.remote_address)
+        assert connection.peer == (remote[0], remote[1])
+
+
+async def test_stop_ends_idle_trio_connections(router_box: tuple[Router[Any], Collect]) -> None:
+    """Connection tasks live in a plain trio nursery: a stop still reaches idle sessions."""
+    router, _box = router_box
+    async with smtp_anyio.Server(router, port=0, shutdown_timeout=5) as server:
+        clients = [await anyio.connect_tcp("127.0.0.1", server.port) for _ in range(3)]
+        for client in clients:
+            assert (await client.receive()).startswith(b"220")
+            await client.send(b"EHLO client\r\n")
+            assert b"250 " in await client.receive()
+    for client in clients:
+        with anyio.fail_after(10):
+            assert (await client.receive()).startswith(b"421 4.3.2")
+        await client.aclose()
+
+
+@pytest.fixture
+def router_box() -> tuple[Router[Any], Collect]:
+    box = Collect()
+    router: Router[Any] = Router()
+    router.add("*@example.com", box)
+    return router, box
