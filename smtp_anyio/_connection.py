@@ -219,10 +219,11 @@ class Watchdog:
 class SocketConnection:
     """Plain TCP straight on the non-blocking socket under an anyio SocketStream (for trio).
 
-    ``recv_into`` (a buffer shared by the server's connections) and ``send`` go to the socket
-    itself; the task waits (trio's ``wait_readable``) only for the client's next bytes, and its
-    timeout is kept by a ``Watchdog``, which (like a stop) ends the wait with
-    ``anyio.notify_closing``. A stream instead costs a cancel scope per read
+    Reads (commands into a buffer shared by the server's connections and copied out; in a bulk
+    transfer, where a read fills that buffer, into a bytes of their own, saving the copy) and
+    ``send`` go to the socket itself; the task waits (trio's ``wait_readable``) only for the
+    client's next bytes, and its timeout is kept by a ``Watchdog``, which (like a stop) ends
+    the wait with ``anyio.notify_closing``. A stream instead costs a cancel scope per read
     and checkpoints around every read and write. STARTTLS (or implicit TLS) hands over to a
     ``StreamConnection`` on the same stream, which has read nothing so far.
     """
@@ -278,19 +279,22 @@ class SocketConnection:
         wait_readable = watchdog.wait_readable
         watchdog.watch(self, watchdog.now() + session.timeout)
         self._waiting = True
+        more = self._more
         try:
-            if self._more:
+            if more:
                 await watchdog.checkpoint()  # let the other connections run too
             else:  # a reply just went out: wait for the answer
                 await wait_readable(sock)
             while True:
                 try:
-                    size = sock.recv_into(buffer)
+                    if more:  # a bulk transfer (DATA): a bytes of its own, no copy to make
+                        data = sock.recv(len(buffer))
+                    else:  # commands: the shared buffer, and a copy of only what came
+                        data = bytes(buffer[: sock.recv_into(buffer)])
                     break
                 except BlockingIOError:
                     await wait_readable(sock)
-            self._more = size == len(buffer)
-            data = bytes(buffer[:size])
+            self._more = len(data) == len(buffer)
         except watchdog.closed:
             if self._waiting:  # not ended by expire() or interrupt(): the socket is gone
                 data = b""
