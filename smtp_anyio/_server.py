@@ -51,6 +51,7 @@ from smtp_sync.adapter import (
 
 from ._connection import (
     Connection,
+    Poller,
     SocketConnection,
     StreamConnection,
     TransportConnection,
@@ -125,6 +126,7 @@ class Server:
     _idle: dict[Session, Connection] = attrs.field(init=False, factory=dict)
     _loop_servers: list[asyncio.AbstractServer] = attrs.field(init=False, factory=list)
     _watchdog: Watchdog | None = attrs.field(init=False, default=None)
+    _poller: Poller | None = attrs.field(init=False, default=None)
     _factory: SessionFactory | None = attrs.field(init=False, default=None)
     _tasks: set[asyncio.Task[None]] = attrs.field(init=False, factory=set)
     #: what the connections read into (one loop, so one read at a time); copied out at once
@@ -231,10 +233,18 @@ class Server:
             if raw is None or _asyncio_loop() is not None:
                 connection = StreamConnection(stream)
             else:
-                if self._watchdog is None:
-                    self._watchdog = Watchdog()
+                if self._watchdog is None or self._poller is None:
+                    self._watchdog, self._poller = Watchdog(), Poller()
                     self._task_group.start_soon(self._watchdog.run)
-                connection = SocketConnection(stream, raw, self._watchdog, self._read_buffer)
+                    self._task_group.start_soon(self._poller.run)
+                connection = SocketConnection(
+                    stream,
+                    raw,
+                    self._watchdog,
+                    self._poller,
+                    self._read_buffer,
+                    self._is_stopping,
+                )
             start_soon(self._serve, connection)
 
     def _is_stopping(self) -> bool:
@@ -268,7 +278,7 @@ class Server:
             ticket = verdict.ticket
             if verdict.evict is not None:
                 verdict.evict.handle.interrupt()  # its loop sees ``evicted``: 421 4.4.2
-            if isinstance(connection, TransportConnection):
+            if isinstance(connection, (TransportConnection, SocketConnection)):
                 connection.ticket = ticket
             session = await self._open(connection, admission)
             if session is None:

@@ -5,6 +5,7 @@ connections in a plain nursery that a stop still ends."""
 from __future__ import annotations
 
 import os
+import select
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,8 +16,9 @@ import pytest
 from anyio.abc import SocketAttribute, SocketStream
 
 import smtp_anyio
-from smtp_anyio._connection import SocketConnection, Watchdog
+from smtp_anyio._connection import Poller, SocketConnection, Watchdog
 from smtp_core import Router, Session
+from smtp_core.adapter import WaitEnd
 from smtp_sync.adapter import SpoolFile
 from tests.servers import Collect
 
@@ -55,12 +57,16 @@ async def socket_connection(
         server = await listener.accept()
         raw = server.extra(SocketAttribute.raw_socket)
         buffer = memoryview(bytearray(buffer_size))
-        connection = SocketConnection(server, raw, Watchdog(), buffer)
-        try:
-            yield connection, server, client
-        finally:
-            await client.aclose()
-            await connection.aclose()
+        poller = Poller()
+        connection = SocketConnection(server, raw, Watchdog(), poller, buffer, lambda: False)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(poller.run)
+            try:
+                yield connection, server, client
+            finally:
+                await client.aclose()
+                await connection.aclose()
+                tasks.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize(
@@ -88,6 +94,73 @@ async def test_every_byte_reaches_the_session_in_order(buffer_size: int, payload
     if len(payload) > 2 * buffer_size:
         assert recorder.reads.count(b"") == 1
         assert sum(len(read) == buffer_size for read in recorder.reads) >= 2
+
+
+async def _until(condition: Any) -> None:
+    with anyio.fail_after(10):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+async def test_rounds_that_need_no_await_do_not_wake_the_task() -> None:
+    """Parked in next_actions, the task sleeps while the poller feeds the session round after
+    round; it wakes at the client's end (or for an action to await)."""
+    async with socket_connection(4096) as (connection, _server, client):
+        recorder = Recorder()
+        results: list[object] = []
+
+        async def wait() -> None:
+            results.append(await connection.next_actions(cast(Session, recorder), SpoolFile()))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(wait)
+            for number in range(5):
+                await anyio.sleep(0.05)  # the task has parked
+                await client.send(b"NOOP %d\r\n" % number)
+                await _until(lambda n=number: len(recorder.reads) == n + 1)  # type: ignore[misc]
+                assert results == []
+            await client.send_eof()
+        assert results == [[]]
+        assert recorder.reads == [b"NOOP %d\r\n" % n for n in range(5)] + [b""]
+
+
+async def test_bytes_that_arrive_while_the_task_is_busy_are_read_at_its_next_wait() -> None:
+    """The poller ignores a socket whose task is busy (its edge is gone by then): the task's
+    next wait reads first and finds the bytes."""
+    async with socket_connection(4096) as (connection, _server, client):
+        recorder = Recorder()
+        session = cast(Session, recorder)
+        await client.send(b"EHLO x\r\n")
+        assert select.select([connection.socket], [], [], 10)[0]  # arrived
+        assert await connection.next_actions(session, SpoolFile()) == []
+        assert recorder.reads == [b"EHLO x\r\n"]
+        await client.send(b"NOOP\r\n")  # the task is "busy": not in next_actions
+        await anyio.sleep(0.1)  # the poller saw the edge, and left the bytes
+        with anyio.fail_after(1):
+            assert await connection.next_actions(session, SpoolFile()) == []
+        assert recorder.reads == [b"EHLO x\r\n", b"NOOP\r\n"]
+
+
+@pytest.mark.parametrize(
+    ("end", "why"),
+    [
+        pytest.param("interrupt", WaitEnd.INTERRUPTED, id="stop-or-eviction"),
+        pytest.param("expire", WaitEnd.TIMED_OUT, id="watchdog"),
+    ],
+)
+async def test_a_parked_wait_ends_without_bytes(end: str, why: WaitEnd) -> None:
+    async with socket_connection(4096) as (connection, _server, _client):
+        results: list[object] = []
+
+        async def wait() -> None:
+            results.append(await connection.next_actions(cast(Session, Recorder()), SpoolFile()))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(wait)
+            await anyio.sleep(0.05)
+            assert results == []
+            getattr(connection, end)()
+        assert results == [why]
 
 
 def _has_ipv6() -> bool:
