@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import select
 import socket
 import ssl
 import time
@@ -63,6 +64,7 @@ __all__ = ["Server", "serve"]
 log = logging.getLogger("smtpmux.server")
 _BACKLOG = 4096
 _READ_BUFFER = 256 * 1024
+_HAS_EPOLL = hasattr(select, "epoll")  #: for SocketConnection's Poller (trio, plain TCP)
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
@@ -230,8 +232,8 @@ class Server:
             # only for implicit TLS, and stay behind the stream.
             raw = stream.extra(SocketAttribute.raw_socket, None)
             connection: Connection
-            if raw is None or _asyncio_loop() is not None:
-                connection = StreamConnection(stream)
+            if raw is None or _asyncio_loop() is not None or not _HAS_EPOLL:
+                connection = StreamConnection(stream)  # (the Poller needs Linux's epoll)
             else:
                 if self._watchdog is None or self._poller is None:
                     self._watchdog, self._poller = Watchdog(), Poller()

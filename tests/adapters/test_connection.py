@@ -16,6 +16,7 @@ import pytest
 from anyio.abc import SocketAttribute, SocketStream
 
 import smtp_anyio
+import smtp_anyio._server
 from smtp_anyio._connection import Poller, SocketConnection, Watchdog
 from smtp_core import Router, Session
 from smtp_core.adapter import WaitEnd
@@ -211,3 +212,32 @@ def router_box() -> tuple[Router[Any], Collect]:
     router: Router[Any] = Router()
     router.add("*@example.com", box)
     return router, box
+
+
+@pytest.mark.parametrize(
+    "has_epoll", [pytest.param(True, id="poller"), pytest.param(False, id="streams")]
+)
+async def test_a_message_over_trio_with_and_without_epoll(
+    has_epoll: bool, router_box: tuple[Router[Any], Collect], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where there is no epoll (the Poller's), trio's plain connections run over anyio streams."""
+    monkeypatch.setattr(smtp_anyio._server, "_HAS_EPOLL", has_epoll)
+    router, box = router_box
+    script = [
+        (b"", b"220"),
+        (b"EHLO client\r\n", b"250 "),
+        (b"MAIL FROM:<a@example.com>\r\n", b"250 "),
+        (b"RCPT TO:<b@example.com>\r\n", b"250 "),
+        (b"DATA\r\n", b"354 "),
+        (b"Subject: hi\r\n\r\nbody\r\n.\r\n", b"250 "),
+        (b"QUIT\r\n", b"221 "),
+    ]
+    async with smtp_anyio.Server(router, port=0) as server:
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as client:
+            for command, expected in script:
+                if command:
+                    await client.send(command)
+                with anyio.fail_after(10):
+                    reply = await client.receive()
+                assert expected in reply, (command, reply)
+    assert box.contents == [b"Subject: hi\r\n\r\nbody\r\n"]
