@@ -290,6 +290,7 @@ class SocketConnection:
         "_ended",
         "_fd",
         "_more",
+        "_peer",
         "_poller",
         "_read_buffer",
         "_session",
@@ -328,22 +329,29 @@ class SocketConnection:
         self._session: Session | None = None  # while parked: the poller feeds it
         self._spool: SpoolFile | None = None
         self._ended = WaitEnd.TIMED_OUT  # why the last wait was ended without bytes
-        self._unsent: list[bytes] = []  # what the socket did not take at once, for flush
+        #: what the socket did not take at once, for flush (a list only then: W5)
+        self._unsent: list[bytes] | None = None
         self._broken = False  # a write failed: the client is gone
+        self._peer: tuple[str, int] | bool | None = False  # False: not asked yet
         #: the server's admission ticket: each round the poller runs marks it active
         self.ticket: Ticket[Any] | None = None
 
     @property
     def peer(self) -> tuple[str, int] | None:
         # From the socket, as the stream's ``SocketAttribute.remote_address`` would give it (an
-        # IPv6 scope id joined with "%"), without the table of every attribute ``extra`` builds
+        # IPv6 scope id joined with "%"), without the table of every attribute ``extra`` builds;
+        # asked once: the ticket and the session keep the same tuple (W5)
+        if self._peer is not False:
+            return cast("tuple[str, int] | None", self._peer)
         try:
             address = self.socket.getpeername()
         except OSError:
-            return None  # no longer connected
+            return None  # not connected (any more)
         if len(address) == 4 and address[3]:
-            return (f"{address[0].split('%')[0]}%{address[3]}", address[1])
-        return peer_address(address)
+            self._peer = (f"{address[0].split('%')[0]}%{address[3]}", address[1])
+        else:
+            self._peer = peer_address(address)
+        return self._peer
 
     async def next_actions(self, session: Session, spool: SpoolFile) -> list[Action] | WaitEnd:
         if self._tls is not None:
@@ -403,7 +411,7 @@ class SocketConnection:
             return
         if action is not None:  # the last of the round (see run_inline)
             self._wake([action])
-        elif not data or self._more or self._unsent or self._broken or self._stopping():
+        elif not data or self._more or self._unsent is not None or self._broken or self._stopping():
             # the end, a bulk transfer (the task reads on), a write to finish, a stopping server
             self._wake([])
         else:
@@ -445,9 +453,11 @@ class SocketConnection:
         if self._tls is not None:
             self._tls.write(data)
             return
-        if self._unsent or self._broken:  # keep the order: behind what waits already
+        if self._unsent is not None:  # keep the order: behind what waits already
             self._unsent.append(data)
             return
+        if self._broken:
+            return  # the client is gone: flush says so
         try:
             sent = self.socket.send(data)  # replies are short: almost always all of it
         except BlockingIOError:
@@ -456,23 +466,23 @@ class SocketConnection:
             self._broken = True
             return
         if sent != len(data):
-            self._unsent.append(data[sent:])
+            self._unsent = [data[sent:]]
 
     @property
     def unflushed(self) -> bool:
         if self._tls is not None:
             return self._tls.unflushed
-        return self._broken or bool(self._unsent)
+        return self._broken or self._unsent is not None
 
     async def flush(self) -> bool:
         if self._tls is not None:
             return await self._tls.flush()
         if self._broken:
             return False
-        if not self._unsent:
+        if self._unsent is None:
             return True
         data = b"".join(self._unsent)
-        self._unsent.clear()
+        self._unsent = None
         return await self.send(data)
 
     async def send(self, data: bytes) -> bool:

@@ -46,15 +46,20 @@ class Recorder:
 
 @asynccontextmanager
 async def socket_connection(
-    buffer_size: int, family: socket.AddressFamily = socket.AF_INET
+    buffer_size: int, family: socket.AddressFamily = socket.AF_INET, client_buffer: int = 0
 ) -> AsyncIterator[tuple[SocketConnection, SocketStream, SocketStream]]:
-    """A SocketConnection on the server side of a real TCP connection, and the client."""
+    """A SocketConnection on the server side of a real TCP connection, and the client (with
+    a receive buffer of ``client_buffer`` bytes, when given)."""
     host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
     listeners = await anyio.create_tcp_listener(local_host=host, local_port=0)
     async with listeners:
         listener = listeners.listeners[0]  # one address: one listener
         port = listener.extra(SocketAttribute.local_port)
-        client = await anyio.connect_tcp(host, port)
+        raw_client = socket.socket(family)
+        if client_buffer:
+            raw_client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, client_buffer)
+        raw_client.connect((host, port))  # the listener's backlog takes it at once
+        client = await SocketStream.from_socket(raw_client)
         server = await listener.accept()
         raw = server.extra(SocketAttribute.raw_socket)
         buffer = memoryview(bytearray(buffer_size))
@@ -241,3 +246,40 @@ async def test_a_message_over_trio_with_and_without_epoll(
                     reply = await client.receive()
                 assert expected in reply, (command, reply)
     assert box.contents == [b"Subject: hi\r\n\r\nbody\r\n"]
+
+
+@pytest.mark.anyio
+async def test_writes_the_socket_does_not_take_wait_for_flush_in_order() -> None:
+    """Back-pressure: what the socket does not take at once waits, behind later writes, for
+    the task's flush; a round the poller runs then wakes the task (to flush) instead of
+    reading on."""
+    async with socket_connection(4096, client_buffer=4096) as (connection, _server, client):
+        connection.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        blob = os.urandom(1 << 20)  # far more than these socket buffers hold
+        connection.write(blob)
+        connection.write(b"after\r\n")
+        assert connection.unflushed
+        recorder = Recorder()
+        results: list[object] = []
+
+        async def wait() -> None:
+            results.append(await connection.next_actions(cast(Session, recorder), SpoolFile()))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(wait)
+                await anyio.sleep(0.05)  # parked
+                await client.send(b"NOOP\r\n")  # a round: its write queues; the task wakes
+        assert results == [[]] and recorder.reads == [b"NOOP\r\n"]
+        received = bytearray()
+
+        async def read_all() -> None:
+            while len(received) < len(blob) + 7:
+                received.extend(await client.receive())
+
+        with anyio.fail_after(10):  # a flush that loses bytes: the reader waits for ever
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(read_all)
+                assert await connection.flush()
+        assert not connection.unflushed
+        assert bytes(received) == blob + b"after\r\n"
