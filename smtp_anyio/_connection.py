@@ -248,8 +248,9 @@ class Poller:
         """Before its socket is closed (or handed to TLS)."""
         if self._connections.get(fd) is connection:
             del self._connections[fd]
-            with contextlib.suppress(OSError):
-                self._epoll.unregister(fd)
+            if not self._epoll.closed:  # closed: the poller's task ended first (a forced stop)
+                with contextlib.suppress(OSError):
+                    self._epoll.unregister(fd)
 
     def wake(self, task: Any, result: object) -> None:
         self._reschedule(task, self._value(result))
@@ -524,8 +525,10 @@ class SocketConnection:
             self._fd = -1
 
     async def aclose(self) -> None:
-        self._release()  # before the socket closes: its descriptor may be reused at once
-        await (self._tls.stream if self._tls is not None else self.stream).aclose()
+        try:
+            self._release()  # before the socket closes: its descriptor may be reused at once
+        finally:
+            await (self._tls.stream if self._tls is not None else self.stream).aclose()
 
 
 class TransportConnection(asyncio.BufferedProtocol):

@@ -283,3 +283,17 @@ async def test_writes_the_socket_does_not_take_wait_for_flush_in_order() -> None
                 assert await connection.flush()
         assert not connection.unflushed
         assert bytes(received) == blob + b"after\r\n"
+
+
+async def test_a_connection_closes_after_its_poller_ended() -> None:
+    """A forced stop may end the poller's task (closing its epoll) before a connection's task
+    closes: the connection still closes its socket."""
+    async with socket_connection(4096) as (connection, _server, _client):
+        poller = Poller()
+        connection._poller = poller
+        connection._fd = poller.register(connection)
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await poller.run()  # cancelled at once: its epoll closes
+        await connection.aclose()
+        assert connection.socket.fileno() == -1
