@@ -66,7 +66,7 @@ _BACKLOG = 4096
 _READ_BUFFER = 256 * 1024
 _HAS_EPOLL = hasattr(select, "epoll")  #: for SocketConnection's Poller (trio, plain TCP)
 #: one name for every connection's task: trio would format one per task (81 B each, W5)
-_TASK_NAME = "smtp_anyio.Server._serve"
+_TASK_NAME = "smtp_anyio._server.Server._serve"  # the name trio would give it
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
