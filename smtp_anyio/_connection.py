@@ -6,16 +6,19 @@ Three implementations, one behaviour. ``StreamConnection`` runs over any anyio `
 serves plain TCP on trio straight on the socket. ``TransportConnection`` is an asyncio protocol
 for plain listeners on asyncio (and uvloop). The last two skip the per-call work of a generic
 stream (a cancel scope and a timer per read, a checkpoint and a drained buffer per write,
-pausing and resuming the reader around every read); ``TransportConnection`` also runs the
-session's rounds that need no decision -- bytes in, replies out -- right in the transport's
-callback, and an idle one has no task at all (``park``): a task is started only for what must
-be awaited (a handler, a hook, a TLS handshake, a slow drain, the end).
+pausing and resuming the reader around every read); both also run the session's rounds that
+need no decision -- bytes in, replies out -- right where the bytes arrive (the transport's
+callback; on trio, the server's ``Poller``), so the connection's task wakes up only for what
+must be awaited: a handler, a hook, a TLS handshake, a slow drain, the end. On asyncio an idle
+connection has no task at all (``TransportConnection.park``): one is started for such an action.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import select
 import socket
 import ssl
 import time
@@ -33,6 +36,7 @@ from smtp_sync.adapter import SpoolFile
 
 __all__ = [
     "Connection",
+    "Poller",
     "SocketConnection",
     "Watchdog",
     "StreamConnection",
@@ -176,14 +180,9 @@ class Watchdog:
     def __init__(self) -> None:
         import trio  # a Watchdog serves SocketConnections, which run only on trio
 
-        #: trio's own wait, not ``anyio.wait_readable``: anyio's two wrapper coroutines stay
-        #: alive on every idle connection's stack (about 430 B each, W5); trio's
-        #: ClosedResourceError is then the one a ``notify_closing`` raises
-        self.wait_readable: Callable[[socket.socket], Awaitable[None]] = trio.lowlevel.wait_readable
-        self.closed: tuple[type[Exception], ...] = (
-            anyio.ClosedResourceError,
-            trio.ClosedResourceError,
-        )
+        #: trio's clock, read on every round: ``anyio.current_time`` first looks up the backend
+        self.now: Callable[[], float] = trio.current_time
+        self.checkpoint: Callable[[], Awaitable[None]] = trio.lowlevel.checkpoint
         self._deadlines: dict[SocketConnection, float] = {}
         self._wake_at = math.inf
         self._scope: anyio.CancelScope | None = None
@@ -200,7 +199,7 @@ class Watchdog:
 
     async def run(self) -> None:
         while True:
-            now = anyio.current_time()
+            now = self.now()
             wake_at = math.inf
             for connection, deadline in list(self._deadlines.items()):
                 if deadline <= now:
@@ -215,14 +214,77 @@ class Watchdog:
             self._scope = None
 
 
+class Poller:
+    """The reads of a trio server's ``SocketConnection``s whose tasks wait for their client,
+    done in one task: a round (read, feed the Session, write its replies) then wakes no task
+    of its own, as ``TransportConnection`` does on asyncio; the connection's task wakes only
+    for what must be awaited (a handler, a hook, a TLS handshake, a flush, the end).
+
+    The sockets sit in an epoll of ours, edge-triggered: registered once per connection, where
+    trio's one-shot ``wait_readable`` costs an ``epoll_ctl`` and a task switch per round. The
+    poller's task waits (trio's ``wait_readable``) on that epoll and hands each connection
+    whose socket became readable its turn (``SocketConnection.readable``).
+    """
+
+    def __init__(self) -> None:
+        import outcome
+        import trio
+
+        self._epoll = select.epoll()
+        self._connections: dict[int, SocketConnection] = {}
+        self._wait_readable = trio.lowlevel.wait_readable
+        self.current_task = trio.lowlevel.current_task
+        self.park = trio.lowlevel.wait_task_rescheduled
+        self.aborted = trio.lowlevel.Abort.SUCCEEDED
+        self._reschedule = trio.lowlevel.reschedule
+        self._value = outcome.Value
+        self._error = outcome.Error
+
+    def register(self, connection: SocketConnection) -> int:
+        """Watch ``connection``'s socket from now on; its file descriptor."""
+        fd = connection.socket.fileno()
+        self._epoll.register(fd, select.EPOLLIN | select.EPOLLET)
+        self._connections[fd] = connection
+        return fd
+
+    def unregister(self, connection: SocketConnection, fd: int) -> None:
+        """Before its socket is closed (or handed to TLS)."""
+        if self._connections.get(fd) is connection:
+            del self._connections[fd]
+            if not self._epoll.closed:  # closed: the poller's task ended first (a forced stop)
+                with contextlib.suppress(OSError):
+                    self._epoll.unregister(fd)
+
+    def wake(self, task: Any, result: object) -> None:
+        self._reschedule(task, self._value(result))
+
+    def fail(self, task: Any, exc: Exception) -> None:
+        self._reschedule(task, self._error(exc))
+
+    async def run(self) -> None:
+        epoll, connections = self._epoll, self._connections
+        try:
+            while True:
+                await self._wait_readable(epoll.fileno())
+                for fd, _events in epoll.poll(0):
+                    connection = connections.get(fd)
+                    if connection is not None:
+                        connection.readable()
+        finally:
+            epoll.close()
+
+
 class SocketConnection:
     """Plain TCP straight on the non-blocking socket under an anyio SocketStream (for trio).
 
-    ``recv_into`` (a buffer shared by the server's connections) and ``send`` go to the socket
-    itself; the task waits (trio's ``wait_readable``) only for the client's next bytes, and its
-    timeout is kept by a ``Watchdog``, which (like a stop) ends the wait with
-    ``anyio.notify_closing``. A stream instead costs a cancel scope per read
-    and checkpoints around every read and write. STARTTLS (or implicit TLS) hands over to a
+    Reads (commands into a buffer shared by the server's connections and copied out; in a bulk
+    transfer, where a read fills that buffer, into a bytes of their own, saving the copy) and
+    ``send`` go to the socket itself. When the task asks for the client's next bytes and none
+    are there, it parks, and the server's ``Poller`` carries out the rounds that need no await
+    (``readable``) until one does, the client leaves, a write is left unfinished, or the
+    server stops; its timeout is kept by a ``Watchdog``, which (like a stop or an eviction)
+    wakes the parked task. A stream instead costs a cancel scope per read and checkpoints
+    around every read and write. STARTTLS (or implicit TLS) hands over to a
     ``StreamConnection`` on the same stream, which has read nothing so far.
     """
 
@@ -230,69 +292,156 @@ class SocketConnection:
     __slots__ = (
         "_broken",
         "_ended",
+        "_fd",
         "_more",
+        "_peer",
+        "_poller",
         "_read_buffer",
+        "_session",
+        "_spool",
+        "_stopping",
+        "_task",
         "_tls",
         "_unsent",
         "_waiting",
         "_watchdog",
         "socket",
         "stream",
+        "ticket",
     )
 
-    def __init__(self, stream: ByteStream, watchdog: Watchdog, read_buffer: memoryview) -> None:
+    def __init__(
+        self,
+        stream: ByteStream,
+        raw_socket: socket.socket,
+        watchdog: Watchdog,
+        poller: Poller,
+        read_buffer: memoryview,
+        stopping: Callable[[], bool],
+    ) -> None:
         self.stream = stream
-        self.socket: socket.socket = stream.extra(SocketAttribute.raw_socket)
+        self.socket = raw_socket  # the stream's own (its SocketAttribute.raw_socket)
         self._watchdog = watchdog
+        self._poller = poller
+        self._fd = -1  # registered with the poller (at the first wait) under this descriptor
         self._read_buffer = read_buffer  # shared: filled and emptied with no await between
+        self._stopping = stopping
         self._more = False  # the last read filled the buffer: more is likely waiting
         self._tls: StreamConnection | None = None
-        self._waiting = False
+        self._waiting = False  # in next_actions: a stop, an eviction or the watchdog may end it
+        self._task: Any = None  # the task, while it is parked in next_actions
+        self._session: Session | None = None  # while parked: the poller feeds it
+        self._spool: SpoolFile | None = None
         self._ended = WaitEnd.TIMED_OUT  # why the last wait was ended without bytes
-        self._unsent: list[bytes] = []  # what the socket did not take at once, for flush
+        #: what the socket did not take at once, for flush (a list only then: W5)
+        self._unsent: list[bytes] | None = None
         self._broken = False  # a write failed: the client is gone
+        self._peer: tuple[str, int] | bool | None = False  # False: not asked yet
+        #: the server's admission ticket: each round the poller runs marks it active
+        self.ticket: Ticket[Any] | None = None
 
     @property
     def peer(self) -> tuple[str, int] | None:
-        return peer_address(self.stream.extra(SocketAttribute.remote_address, None))
+        # From the socket, as the stream's ``SocketAttribute.remote_address`` would give it (an
+        # IPv6 scope id joined with "%"), without the table of every attribute ``extra`` builds;
+        # asked once: the ticket and the session keep the same tuple (W5)
+        if self._peer is not False:
+            return cast("tuple[str, int] | None", self._peer)
+        try:
+            address = self.socket.getpeername()
+        except OSError:
+            return None  # not connected (any more)
+        if len(address) == 4 and address[3]:
+            self._peer = (f"{address[0].split('%')[0]}%{address[3]}", address[1])
+        else:
+            self._peer = peer_address(address)
+        return self._peer
 
     async def next_actions(self, session: Session, spool: SpoolFile) -> list[Action] | WaitEnd:
         if self._tls is not None:
             return await self._tls.next_actions(session, spool)
-        sock, buffer, watchdog = self.socket, self._read_buffer, self._watchdog
-        wait_readable = watchdog.wait_readable
-        watchdog.watch(self, anyio.current_time() + session.timeout)
         self._waiting = True
-        try:
-            if self._more:
-                await anyio.lowlevel.checkpoint()  # let the other connections run too
-            else:  # a reply just went out: wait for the answer
-                await wait_readable(sock)
-            while True:
-                try:
-                    size = sock.recv_into(buffer)
-                    break
-                except BlockingIOError:
-                    await wait_readable(sock)
-            self._more = size == len(buffer)
-            data = bytes(buffer[:size])
-        except watchdog.closed:
-            if self._waiting:  # not ended by expire() or interrupt(): the socket is gone
-                data = b""
-            else:
+        if self._more:
+            await self._watchdog.checkpoint()  # let the other connections run too
+            if not self._waiting:  # a stop, an eviction or the timeout came meanwhile
                 return self._ended
-        except (OSError, anyio.BrokenResourceError):
-            data = b""
-        finally:
+        data = self._read()
+        if data is not None:
             self._waiting = False
-            self._watchdog.forget(self)
-        return session.receive_data(data)
+            return session.receive_data(data)
+        # Nothing yet: park; the poller runs the rounds from here on (see ``readable``). Any
+        # bytes that arrive after the read above make the socket's edge, and the poller's turn.
+        poller = self._poller
+        if self._fd < 0:
+            self._fd = poller.register(self)
+        self._session, self._spool, self._task = session, spool, poller.current_task()
+        self._watchdog.watch(self, self._watchdog.now() + session.timeout)
+        try:
+            result: list[Action] | WaitEnd = await poller.park(self._abort)
+        finally:
+            self._unpark()
+        return result
+
+    def _read(self) -> bytes | None:
+        """What the client sent next (b"" at its end), or None when nothing is there yet."""
+        sock, buffer = self.socket, self._read_buffer
+        try:
+            # a bulk transfer (DATA; the last read filled the buffer): a bytes of its own, no
+            # copy to make; commands: the shared buffer, and a copy of only what came
+            data = sock.recv(len(buffer)) if self._more else bytes(buffer[: sock.recv_into(buffer)])
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        self._more = len(data) == len(buffer)
+        return data
+
+    def readable(self) -> None:
+        """The poller's turn: bytes arrived (or the client left). While the task is parked,
+        run the round here; wake the task with what it must do, or keep it parked."""
+        session, spool, task = self._session, self._spool, self._task
+        if session is None or spool is None or task is None:
+            return  # the task is busy: its next next_actions reads them
+        data = self._read()
+        if data is None:
+            return  # an edge whose bytes were read already
+        if self.ticket is not None:
+            self.ticket.active_at = time.monotonic()
+        try:
+            action = run_inline(session, session.receive_data(data), self.write, spool.write)
+        except Exception as exc:  # the task reports it, as if it had failed itself
+            self._unpark()
+            self._poller.fail(task, exc)
+            return
+        if action is not None:  # the last of the round (see run_inline)
+            self._wake([action])
+        elif not data or self._more or self._unsent is not None or self._broken or self._stopping():
+            # the end, a bulk transfer (the task reads on), a write to finish, a stopping server
+            self._wake([])
+        else:
+            self._watchdog.watch(self, self._watchdog.now() + session.timeout)
+
+    def _wake(self, result: list[Action] | WaitEnd) -> None:
+        task = self._task
+        self._unpark()
+        self._poller.wake(task, result)
+
+    def _unpark(self) -> None:
+        self._session = self._spool = self._task = None
+        self._waiting = False
+        self._watchdog.forget(self)
+
+    def _abort(self, raise_cancel: object) -> Any:
+        """The parked task is cancelled (a forced stop): it is no longer ours to wake."""
+        self._unpark()
+        return self._poller.aborted
 
     def _end_wait(self, why: WaitEnd) -> None:
-        if self._waiting:
+        if self._task is not None:
+            self._wake(why)
+        elif self._waiting:  # between rounds (a checkpoint): next_actions returns it
             self._waiting = False
             self._ended = why
-            anyio.notify_closing(self.socket)  # the wait raises ClosedResourceError
 
     def expire(self) -> None:
         """The watchdog says the wait is overdue."""
@@ -308,9 +457,11 @@ class SocketConnection:
         if self._tls is not None:
             self._tls.write(data)
             return
-        if self._unsent or self._broken:  # keep the order: behind what waits already
+        if self._unsent is not None:  # keep the order: behind what waits already
             self._unsent.append(data)
             return
+        if self._broken:
+            return  # the client is gone: flush says so
         try:
             sent = self.socket.send(data)  # replies are short: almost always all of it
         except BlockingIOError:
@@ -319,23 +470,23 @@ class SocketConnection:
             self._broken = True
             return
         if sent != len(data):
-            self._unsent.append(data[sent:])
+            self._unsent = [data[sent:]]
 
     @property
     def unflushed(self) -> bool:
         if self._tls is not None:
             return self._tls.unflushed
-        return self._broken or bool(self._unsent)
+        return self._broken or self._unsent is not None
 
     async def flush(self) -> bool:
         if self._tls is not None:
             return await self._tls.flush()
         if self._broken:
             return False
-        if not self._unsent:
+        if self._unsent is None:
             return True
         data = b"".join(self._unsent)
-        self._unsent.clear()
+        self._unsent = None
         return await self.send(data)
 
     async def send(self, data: bytes) -> bool:
@@ -367,11 +518,20 @@ class SocketConnection:
         return b""  # every read is fed at once
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float) -> TLSInfo:
+        self._release()  # TLS reads through trio's own waits from now on
         self._tls = StreamConnection(self.stream)
         return await self._tls.start_tls(context, timeout)
 
+    def _release(self) -> None:
+        if self._fd >= 0:
+            self._poller.unregister(self, self._fd)
+            self._fd = -1
+
     async def aclose(self) -> None:
-        await (self._tls.stream if self._tls is not None else self.stream).aclose()
+        try:
+            self._release()  # before the socket closes: its descriptor may be reused at once
+        finally:
+            await (self._tls.stream if self._tls is not None else self.stream).aclose()
 
 
 #: what a parked TransportConnection calls when its wait is over: the connection, its session and

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import select
 import socket
 import ssl
 import time
@@ -52,6 +53,7 @@ from smtp_sync.adapter import (
 
 from ._connection import (
     Connection,
+    Poller,
     SocketConnection,
     StreamConnection,
     TransportConnection,
@@ -65,6 +67,9 @@ __all__ = ["Server", "serve"]
 log = logging.getLogger("smtpmux.server")
 _BACKLOG = 4096
 _READ_BUFFER = 256 * 1024
+_HAS_EPOLL = hasattr(select, "epoll")  #: for SocketConnection's Poller (trio, plain TCP)
+#: one name for every connection's task: trio would format one per task (81 B each, W5)
+_TASK_NAME = "smtp_anyio._server.Server._serve"  # the name trio would give it
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
@@ -128,6 +133,7 @@ class Server:
     _idle: dict[Session, Connection] = attrs.field(init=False, factory=dict)
     _loop_servers: list[asyncio.AbstractServer] = attrs.field(init=False, factory=list)
     _watchdog: Watchdog | None = attrs.field(init=False, default=None)
+    _poller: Poller | None = attrs.field(init=False, default=None)
     _factory: SessionFactory | None = attrs.field(init=False, default=None)
     _tasks: set[asyncio.Task[None]] = attrs.field(init=False, factory=set)
     _timeouts: TransportTimeouts | None = attrs.field(init=False, default=None)
@@ -228,6 +234,21 @@ class Server:
             await anyio.sleep_forever()
 
     async def _accept(self, listener: SocketListener) -> None:
+        if _asyncio_loop() is not None:  # implicit TLS on asyncio: anyio's streams
+            await self._accept_into(listener, self._task_group.start_soon)
+            return
+        import trio  # on trio
+
+        # A plain trio nursery for the connections' tasks: anyio's task group would give each
+        # a wrapper coroutine, a cancel scope, an event and a handle (about 1 KiB per idle
+        # connection, W5), and one more frame on every wake-up. The task group's cancel scope
+        # (stop()) still reaches them: this nursery lives in one of its tasks.
+        async with trio.open_nursery() as nursery:
+            await self._accept_into(listener, nursery.start_soon)
+
+    async def _accept_into(
+        self, listener: SocketListener, start_soon: Callable[..., object]
+    ) -> None:
         while True:
             try:
                 stream = await listener.accept()
@@ -237,14 +258,22 @@ class Server:
             # only for implicit TLS, and stay behind the stream.
             raw = stream.extra(SocketAttribute.raw_socket, None)
             connection: Connection
-            if raw is None or _asyncio_loop() is not None:
-                connection = StreamConnection(stream)
+            if raw is None or _asyncio_loop() is not None or not _HAS_EPOLL:
+                connection = StreamConnection(stream)  # (the Poller needs Linux's epoll)
             else:
-                if self._watchdog is None:
-                    self._watchdog = Watchdog()
+                if self._watchdog is None or self._poller is None:
+                    self._watchdog, self._poller = Watchdog(), Poller()
                     self._task_group.start_soon(self._watchdog.run)
-                connection = SocketConnection(stream, self._watchdog, self._read_buffer)
-            self._task_group.start_soon(self._serve, connection)
+                    self._task_group.start_soon(self._poller.run)
+                connection = SocketConnection(
+                    stream,
+                    raw,
+                    self._watchdog,
+                    self._poller,
+                    self._read_buffer,
+                    self._is_stopping,
+                )
+            start_soon(self._serve, connection, name=_TASK_NAME)
 
     def _is_stopping(self) -> bool:
         return self._stopping
@@ -307,7 +336,7 @@ class Server:
             ticket = verdict.ticket
             if verdict.evict is not None:
                 verdict.evict.handle.interrupt()  # its loop sees ``evicted``: 421 4.4.2
-            if isinstance(connection, TransportConnection):
+            if isinstance(connection, (TransportConnection, SocketConnection)):
                 connection.ticket = ticket
             session = await self._open(connection, admission)
             if session is None:

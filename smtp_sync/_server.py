@@ -48,7 +48,10 @@ log = logging.getLogger("smtpmux.server")
 _MAX_IDLE_WORKERS = 16  #: threads kept waiting for the next connection
 _IDLE_SECONDS = 30.0  #: how long an idle worker waits before it ends
 _FORCED_END_SECONDS = 5.0  #: how long stop() waits for the sessions its deadline cut off
-_READ_SIZE = 64 * 1024  # larger reads allocate (and free) their buffer with mmap each time
+#: a read's most: a big message in fewer rounds and spool writes than with 64 KiB. recv
+#: allocates this much and gives back the rest at once. CPU per GiB read in a thread, measured
+#: here: 64 KiB 172 ms, 256 KiB 146 ms, 1 MiB 230 ms (its buffer outgrows the CPU's cache)
+_READ_SIZE = 256 * 1024
 #: a TLS socket cannot be woken by shutting its read side (the TLS layer then fails, and the
 #: 421 could not be sent), so its waits are cut in slices, checked for a stop or an eviction
 _TLS_WAIT_SLICE = 1.0
