@@ -305,3 +305,4 @@ def test_the_sync_server_reads_below_the_mmap_threshold() -> None:
     from smtp_sync import _server
 
     assert _server._READ_SIZE <= 128 * 1024
+    assert _server._BULK_READ_SIZE > _server._READ_SIZE  # only once a read came full
