@@ -3,6 +3,7 @@ or the sync Server in a thread, all on 127.0.0.1 with a free port, stopped on ex
 
 from __future__ import annotations
 
+import resource
 import ssl
 import threading
 from collections.abc import Iterator
@@ -60,3 +61,12 @@ class TLS:
         self.cert.configure_cert(self.server)
         self.client = ssl.create_default_context()
         self.ca.configure_trust(self.client)
+
+
+def raise_file_limit(wanted: int = 4096) -> None:
+    """Raise this process's soft limit on open files toward ``wanted`` (as far as the hard
+    limit allows): tests that hold hundreds of connections hold both ends of each."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))

@@ -5,7 +5,6 @@ yet is served, timed, evicted and stopped as before."""
 from __future__ import annotations
 
 import asyncio
-import resource
 import smtplib
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 from smtp_anyio import Server
 from smtp_core import Router, ServerConfig
 from tests.adapters.test_limits import MESSAGE, idle_connections, reply, send_message, wait_until
-from tests.servers import Collect, running
+from tests.servers import Collect, raise_file_limit, running
 
 
 @pytest.fixture
@@ -28,10 +27,7 @@ def router(box: Collect) -> Router[Any]:
 @pytest.fixture(autouse=True)
 def _enough_file_descriptors() -> None:
     """1000 connections are 2000 sockets in this process (both ends)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    raise_file_limit()
 
 
 def test_1000_idle_connections_at_the_default_cap_leave_room_for_a_fresh_client(

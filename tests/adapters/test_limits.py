@@ -4,7 +4,6 @@ rate, a full server that evicts idle connections for working ones, 300 idle conn
 from __future__ import annotations
 
 import contextlib
-import resource
 import smtplib
 import socket
 import threading
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 
 from smtp_core import ConnectionLimits, ConnectionRate, Router, ServerConfig
-from tests.servers import TLS, Collect, running
+from tests.servers import TLS, Collect, raise_file_limit, running
 
 MESSAGE = b"From: a@example.org\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
 
@@ -32,10 +31,7 @@ def router(box: Collect) -> Router[Any]:
 def _enough_file_descriptors() -> None:
     """300 connections are 600 sockets in this process (both ends): more than a soft limit of
     1024 leaves room for, with the rest of the suite. Raise the soft limit if we may."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    raise_file_limit()
 
 
 def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
