@@ -4,6 +4,7 @@ or the sync Server in a thread, all on 127.0.0.1 with a free port, stopped on ex
 from __future__ import annotations
 
 import resource
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -70,3 +71,13 @@ def raise_file_limit(wanted: int = 4096) -> None:
     wanted = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def ipv6_loopback() -> bool:
+    """This machine can bind ::1 (some CI containers have no IPv6)."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True

@@ -21,7 +21,7 @@ from smtp_anyio._connection import Poller, SocketConnection, Watchdog
 from smtp_core import Router, Session
 from smtp_core.adapter import WaitEnd
 from smtp_sync.adapter import SpoolFile
-from tests.servers import Collect
+from tests.servers import Collect, ipv6_loopback
 
 pytestmark = pytest.mark.anyio
 
@@ -169,15 +169,6 @@ async def test_a_parked_wait_ends_without_bytes(end: str, why: WaitEnd) -> None:
         assert results == [why]
 
 
-def _has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 @pytest.mark.parametrize(
     "family",
     [
@@ -185,7 +176,7 @@ def _has_ipv6() -> bool:
         pytest.param(
             socket.AF_INET6,
             id="ipv6",
-            marks=pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback"),
+            marks=pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback"),
         ),
     ],
 )

@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.servers import ipv6_loopback
+
 REPO = Path(__file__).resolve().parents[2]
 BACKENDS = ["asyncio", "trio", "sync"]
 MESSAGE = b"From: a@example.org\r\nTo: b@example.com\r\nSubject: cli\r\n\r\nHello from the CLI.\r\n"
@@ -561,15 +563,6 @@ def test_version(tmp_path: Path) -> None:
     done = run("--version", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"smtpmux {importlib.metadata.version('smtpmux')}\n"
-
-
-def ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
