@@ -3,7 +3,7 @@
     python benchmarks/log_cost.py                # text and JSON against --quiet, process time
     python benchmarks/log_cost.py --format json --messages 20
 
-Sessions are driven through ``run_inline`` as the servers drive them (EHLO, then 1 KiB
+Sessions are driven as benchmarks/session.py drives them (its ``Bench``: EHLO, then 1 KiB
 messages MAIL/RCPT/DATA, QUIT), with the logging ``smtpmux serve`` configures
 (``_configure_logging``), its stderr in a file. One process switches the root level between
 WARNING (``--quiet``) and INFO each round, so noise from a busy machine hits both alike; the
@@ -16,57 +16,29 @@ under callgrind with two ``--messages`` values and ``--rounds 1`` and subtract, 
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import os
 import sys
 import tempfile
 import time
-from typing import Any
 
 from smtp_anyio._cli_run import _configure_logging
-from smtp_core import Router
-from smtp_core.adapter import SessionFactory, run_inline
-from smtp_sync._spool import utc_now
+
+if __package__:
+    from .session import W1_ROUNDS, Bench
+else:  # python benchmarks/log_cost.py
+    from session import W1_ROUNDS, Bench
 
 SESSIONS = 10  #: as W1: ten sessions kept open
-BODY = b"Subject: x\r\n\r\n" + (b"x" * 78 + b"\r\n") * 12
-MESSAGE = [
-    b"MAIL FROM:<sender@example.com>\r\n",
-    b"RCPT TO:<rcpt@example.org>\r\n",
-    b"DATA\r\n",
-    BODY + b".\r\n",
-]
 
 
-def _discard(envelope: object) -> None:
-    return None
-
-
-def _call(action: Any) -> object:
-    try:
-        return action.function(*action.args)
-    except Exception as exc:
-        return exc
-
-
-def _ignore(_: object) -> None:
-    return None
-
-
-def run(factory: SessionFactory, messages: int) -> float:
+def run(bench: Bench, messages: int) -> float:
     """µs of process time per message over SESSIONS sessions of ``messages`` messages."""
     start = time.process_time()
-    for number in range(SESSIONS):
-        session = factory(("127.0.0.1", 40000 + number))
-        run_inline(session, session.start(), _ignore, _ignore, _call)
-        run_inline(
-            session, session.receive_data(b"EHLO client.example\r\n"), _ignore, _ignore, _call
-        )
-        for _ in range(messages):
-            for chunk in MESSAGE:
-                run_inline(session, session.receive_data(chunk), _ignore, _ignore, _call)
-        run_inline(session, session.receive_data(b"QUIT\r\n"), _ignore, _ignore, _call)
+    for _ in range(SESSIONS):
+        session = bench.greeted()
+        bench.messages(session, W1_ROUNDS, messages)
+        bench.play(session, session.receive_data(b"QUIT\r\n"))
     return (time.process_time() - start) / (SESSIONS * messages) * 1e6
 
 
@@ -77,10 +49,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10, help="best of (default 10)")
     args = parser.parse_args()
     formats = ["text", "json"] if args.format == "both" else [args.format]
-    router: Router[Any] = Router()
-    router.add("*@*", _discard)
-    ids = itertools.count(1)
-    factory = SessionFactory(router=router, clock=utc_now, new_id=lambda: f"{next(ids):x}")
+    bench = Bench()
     results = []
     with tempfile.TemporaryFile() as log:
         saved = os.dup(2)
@@ -95,9 +64,9 @@ def main() -> int:
                 quiet, logged = [], []
                 for _ in range(args.rounds):
                     root.setLevel(logging.WARNING)
-                    quiet.append(run(factory, args.messages))
+                    quiet.append(run(bench, args.messages))
                     root.setLevel(logging.INFO)
-                    logged.append(run(factory, args.messages))
+                    logged.append(run(bench, args.messages))
                 results.append((log_format, min(quiet), min(logged)))
         finally:
             os.dup2(saved, 2)

@@ -80,3 +80,16 @@ def test_session_benchmark_refuses_unknown_workloads() -> None:
         cwd=ROOT,
     )
     assert done.returncode == 2 and "unknown workload W9" in done.stderr
+
+
+def test_log_cost_reports_both_formats_against_quiet() -> None:
+    """benchmarks/log_cost.py (the CLI's logging in process, on session.py's Bench) reports
+    text and JSON, each against --quiet."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "log_cost.py"), "--messages", "2"]
+    done = subprocess.run(
+        [*command, "--rounds", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["text", "json"]
+    assert all("--quiet" in line and "logged" in line for line in lines)
