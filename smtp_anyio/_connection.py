@@ -54,6 +54,26 @@ def peer_address(peer: object) -> tuple[str, int] | None:
     return (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
 
 
+def _waiting_round(
+    session: Session,
+    spool: SpoolFile,
+    data: bytes,
+    write: Callable[[bytes], None],
+    ticket: Ticket[Any] | None,
+) -> list[Action] | Exception | None:
+    """One round of a session whose connection waits for its client, run where the bytes
+    arrive (``TransportConnection``'s callback, trio's ``Poller``) instead of in its task:
+    None when the round needed no await, else what ends the wait: the round's last Action
+    (see ``run_inline``), or the exception the task is to raise as if it had failed itself."""
+    if ticket is not None:
+        ticket.active_at = time.monotonic()
+    try:
+        action = run_inline(session, session.receive_data(data), write, spool.write)
+    except Exception as exc:
+        return exc
+    return None if action is None else [action]
+
+
 class Connection(Protocol):
     """What the server loop needs from a connection."""
 
@@ -405,26 +425,22 @@ class SocketConnection:
         data = self._read()
         if data is None:
             return  # an edge whose bytes were read already
-        if self.ticket is not None:
-            self.ticket.active_at = time.monotonic()
-        try:
-            action = run_inline(session, session.receive_data(data), self.write, spool.write)
-        except Exception as exc:  # the task reports it, as if it had failed itself
-            self._unpark()
-            self._poller.fail(task, exc)
-            return
-        if action is not None:  # the last of the round (see run_inline)
-            self._wake([action])
+        outcome = _waiting_round(session, spool, data, self.write, self.ticket)
+        if outcome is not None:
+            self._wake(outcome)
         elif not data or self._more or self._unsent is not None or self._broken or self._stopping():
             # the end, a bulk transfer (the task reads on), a write to finish, a stopping server
             self._wake([])
         else:
             self._watchdog.watch(self, self._watchdog.now() + session.timeout)
 
-    def _wake(self, result: list[Action] | WaitEnd) -> None:
+    def _wake(self, result: list[Action] | WaitEnd | Exception) -> None:
         task = self._task
         self._unpark()
-        self._poller.wake(task, result)
+        if isinstance(result, Exception):
+            self._poller.fail(task, result)
+        else:
+            self._poller.wake(task, result)
 
     def _unpark(self) -> None:
         self._session = self._spool = self._task = None
@@ -732,17 +748,10 @@ class TransportConnection(asyncio.BufferedProtocol):
         """One round of the session, done here: the task wakes only for what it must do."""
         session, spool, transport = self._session, self._spool, self.transport
         assert session is not None and spool is not None and transport is not None
-        if self.ticket is not None:
-            self.ticket.active_at = time.monotonic()
-        try:
-            action = run_inline(session, session.receive_data(data), self.write, spool.write)
-            if action is not None:
-                self._hand_over([action])  # the last of the round (see run_inline)
-                return
-        except Exception as exc:  # the task reports it, as if it had failed itself
-            self._hand_over(exc)
-            return
-        if not data or self._writing_paused or self._stopping():
+        outcome = _waiting_round(session, spool, data, self.write, self.ticket)
+        if outcome is not None:
+            self._hand_over(outcome)
+        elif not data or self._writing_paused or self._stopping():
             self._hand_over([])  # the end, a client that does not read, or a stopping server
         else:
             self._timeouts.watch(self, self._loop.time() + session.timeout)
